@@ -1,0 +1,1 @@
+//! ferry-agent (placeholder, being built)

@@ -1,0 +1,1 @@
+//! ferry-checks (placeholder, being built)

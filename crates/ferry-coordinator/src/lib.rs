@@ -1,0 +1,1 @@
+//! ferry-coordinator (placeholder, being built)

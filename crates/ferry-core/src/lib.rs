@@ -1,0 +1,1 @@
+//! ferry-core (placeholder, being built)

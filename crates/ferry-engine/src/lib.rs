@@ -1,0 +1,1 @@
+//! ferry-engine (placeholder, being built)

@@ -1,0 +1,1 @@
+//! ferry-testkit (placeholder, being built)

@@ -1,0 +1,1 @@
+//! ferryctl (placeholder, being built)

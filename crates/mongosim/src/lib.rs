@@ -1,0 +1,1 @@
+//! mongosim (placeholder, being built)
