@@ -1,1 +1,21 @@
-//! ferry-core (placeholder, being built)
+//! Ferry domain model: id newtypes, validated task specs and destination instances, the task record and the task
+//! state machine (the one place that decides which transitions are legal).
+//!
+//! Pure types and logic only: no IO, no sled, no gRPC. Generated protobuf types are converted into these types at
+//! the edges (the coordinator's `convert` module); everything inside works on validated values.
+
+pub mod agent;
+pub mod error;
+pub mod ids;
+pub mod secret;
+pub mod spec;
+pub mod state;
+pub mod task;
+
+pub use agent::AgentRecord;
+pub use error::{CoreError, Field};
+pub use ids::{AgentId, CvmId, Epoch, InstanceId, TaskId};
+pub use secret::Secret;
+pub use spec::{Instance, InstanceInput, TaskKind, TaskSpec, TaskSpecInput, SYSTEM_DATABASES};
+pub use state::{Action, Event, TaskState};
+pub use task::{CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, STOPPED_BY_OPERATOR};

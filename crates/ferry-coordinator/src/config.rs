@@ -1,0 +1,164 @@
+//! Coordinator configuration: what `run` needs (already loaded: tokens and PEMs read), plus the TOML file format
+//! and token-file helpers used by `main.rs`. Must not: print token or key contents.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_core::Secret;
+use serde::Deserialize;
+
+/// TLS material, PEM-encoded.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// When set, agents and operators must present a client certificate signed by this CA.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("client_ca", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where sled, the secret key and generated tokens live.
+    pub data_dir: PathBuf,
+    /// `None` means plaintext (only when explicitly asked for).
+    pub tls: Option<TlsPem>,
+    /// Bearer token operators present on MigrationService.
+    pub operator_token: Secret,
+    /// Bearer token agents present on AgentService.
+    pub agent_token: Secret,
+    /// Heartbeat interval announced to agents.
+    pub heartbeat_interval: Duration,
+    /// How long ListSourceDatabases waits for the agent.
+    pub list_databases_timeout: Duration,
+}
+
+impl Config {
+    /// A plaintext config with the given tokens and default timings: for tests.
+    pub fn plaintext(data_dir: PathBuf, operator_token: &str, agent_token: &str) -> Self {
+        Self {
+            data_dir,
+            tls: None,
+            operator_token: Secret::new(operator_token),
+            agent_token: Secret::new(agent_token),
+            heartbeat_interval: Duration::from_secs(2),
+            list_databases_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The TOML config file; every field may also come from a flag (flags win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on, e.g. "127.0.0.1:7443".
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Serve without TLS (loopback and tests only).
+    pub plaintext: Option<bool>,
+    pub operator_token_file: Option<PathBuf>,
+    pub agent_token_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    /// e.g. "2s".
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// "text" or "json".
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))
+    }
+}
+
+/// Reads a token file (trimmed); an empty file is an error.
+pub fn read_token(path: &Path) -> anyhow::Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("token file {} is empty", path.display());
+    }
+    Ok(Secret::new(token))
+}
+
+/// Reads `path`, or creates it (mode 0600) with a random token when missing.
+pub fn read_or_create_token(path: &Path) -> anyhow::Result<Secret> {
+    if path.exists() {
+        return read_token(path);
+    }
+    use rand::Rng;
+    let token: String = {
+        let mut rng = rand::thread_rng();
+        (0..40)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)]))
+            .collect()
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, token.as_bytes())?;
+    Ok(Secret::new(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let text = include_str!("../../../deploy/coordinator.example.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(file.heartbeat_interval, Some(Duration::from_secs(2)));
+        assert!(file.tls_cert.is_some() && file.operator_token_file.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(
+            toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_addr = \"x\"").is_err()
+        );
+    }
+
+    #[test]
+    fn generated_token_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("operator-token");
+        let first = read_or_create_token(&path).unwrap();
+        assert!(first.is_set());
+        assert_eq!(read_or_create_token(&path).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(read_token(&path).is_err());
+    }
+}

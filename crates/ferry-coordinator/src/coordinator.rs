@@ -1,0 +1,522 @@
+//! The coordinator's core: operator operations on tasks and instances, every state change made durable before it
+//! is acknowledged. Task mutations are serialised by one async lock (the state is small), so an epoch bump, the
+//! write to sled and the command queued to the agent happen in that order with no interleaving.
+//!
+//! Must not: know about gRPC transport details (the `api` modules adapt), or return passwords (`convert` strips
+//! them).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferry_core::{
+    Action, AgentRecord, CheckItem, CheckStatus, Event, Instance, InstanceId, Task, TaskId,
+    TaskKind, TaskSpec, TaskState,
+};
+use ferry_proto::v1 as pb;
+use ferry_store::{Store, StoreError};
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::convert::{self, now_ms};
+use crate::error::ServiceError;
+use crate::registry::Registry;
+use crate::scheduler;
+
+/// Runtime knobs of the coordinator core.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Heartbeat interval announced to agents; 3 missed intervals mark an agent disconnected.
+    pub heartbeat_interval: Duration,
+    /// How long ListSourceDatabases waits for the agent's answer.
+    pub list_databases_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(2),
+            list_databases_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Largest page of a List call.
+const MAX_PAGE_SIZE: usize = 1000;
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// A ListSourceDatabases call waiting for its agent.
+pub(crate) struct PendingList {
+    pub(crate) agent_id: ferry_core::AgentId,
+    pub(crate) task_id: TaskId,
+    pub(crate) answer: oneshot::Sender<pb::DatabasesReport>,
+}
+
+/// Pending ListSourceDatabases calls by request id.
+pub(crate) type PendingLists = Mutex<HashMap<u64, PendingList>>;
+
+/// Shared state of a running coordinator.
+pub struct Coordinator {
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
+    pub(crate) changes: broadcast::Sender<TaskId>,
+    pub(crate) write_lock: tokio::sync::Mutex<()>,
+    pub(crate) pending_lists: PendingLists,
+    pub(crate) next_request_id: AtomicU64,
+    pub(crate) settings: Settings,
+    /// Cancelled at shutdown: ends agent sessions and watch streams.
+    pub(crate) cancel: CancellationToken,
+    /// Tracks sessions and watch streams so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+}
+
+/// A page of results and the token of the next one (empty when done).
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+impl Coordinator {
+    pub fn new(store: Store, settings: Settings, cancel: CancellationToken) -> Self {
+        let (changes, _) = broadcast::channel(1024);
+        Self {
+            store,
+            registry: Registry::default(),
+            changes,
+            write_lock: tokio::sync::Mutex::new(()),
+            pending_lists: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+            settings,
+            cancel,
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Runs a blocking store call off the async workers.
+    pub(crate) async fn db<T, F>(&self, f: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("store task: {e}")))?
+            .map_err(ServiceError::from)
+    }
+
+    /// The operator-facing form of a task.
+    pub fn task_to_pb(&self, task: &Task) -> pb::Task {
+        let connected = task
+            .agent_id
+            .as_ref()
+            .is_some_and(|a| self.registry.is_connected(a));
+        convert::task_to_pb(task, connected)
+    }
+
+    pub(crate) fn notify(&self, id: &TaskId) {
+        // No receiver just means nobody watches.
+        let _ = self.changes.send(id.clone());
+    }
+
+    /// Subscribes to task changes (ids of changed tasks).
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskId> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn parse_task_id(raw: &str) -> Result<TaskId, ServiceError> {
+        Ok(TaskId::parse("task_id", raw)?)
+    }
+
+    pub(crate) async fn load_task(&self, id: &TaskId) -> Result<Task, ServiceError> {
+        let key = id.clone();
+        self.db(move |s| s.get_task(&key))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("task {id} not found")))
+    }
+
+    pub(crate) async fn save_task(&self, task: &Task) -> Result<(), ServiceError> {
+        let copy = task.clone();
+        self.db(move |s| s.put_task(&copy)).await?;
+        self.notify(&task.id);
+        Ok(())
+    }
+
+    // ---- destination catalog ----
+
+    pub async fn register_instance(
+        &self,
+        input: ferry_core::InstanceInput,
+    ) -> Result<Instance, ServiceError> {
+        let instance = Instance::from_input(input, now_ms())?;
+        let copy = instance.clone();
+        if !self.db(move |s| s.insert_instance(&copy)).await? {
+            return Err(ServiceError::AlreadyExists(format!(
+                "instance {} already exists",
+                instance.instance_id
+            )));
+        }
+        tracing::info!(instance_id = %instance.instance_id, region = %instance.region, "instance registered");
+        Ok(instance)
+    }
+
+    pub async fn list_instances(
+        &self,
+        page_size: i32,
+        page_token: &str,
+        region: &str,
+    ) -> Result<Page<Instance>, ServiceError> {
+        let all = self.db(|s| s.list_instances()).await?;
+        let region = region.to_owned();
+        paginate(
+            all,
+            page_size,
+            page_token,
+            |i| i.instance_id.to_string(),
+            move |i| region.is_empty() || i.region == region,
+        )
+    }
+
+    pub async fn delete_instance(&self, raw_id: &str) -> Result<(), ServiceError> {
+        let id = InstanceId::parse("instance_id", raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let tasks = self.db(|s| s.list_tasks()).await?;
+        let users: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.spec.destination_instance_id == id)
+            .map(|t| t.id.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "instance {id} is the destination of task(s) {}: delete them first",
+                users.join(", ")
+            )));
+        }
+        let key = id.clone();
+        if !self.db(move |s| s.delete_instance(&key)).await? {
+            return Err(ServiceError::NotFound(format!("instance {id} not found")));
+        }
+        tracing::info!(instance_id = %id, "instance deleted");
+        Ok(())
+    }
+
+    // ---- tasks ----
+
+    /// Catalog checks on a validated spec: the destination exists, and a CVM task is in its region.
+    async fn check_destination(&self, spec: &TaskSpec) -> Result<Instance, ServiceError> {
+        let dest_id = spec.destination_instance_id.clone();
+        let instance = self
+            .db(move |s| s.get_instance(&dest_id))
+            .await?
+            .ok_or_else(|| {
+                ServiceError::invalid(
+                    "spec.destination_instance_id",
+                    format!(
+                        "unknown instance {}: register it first",
+                        spec.destination_instance_id
+                    ),
+                )
+            })?;
+        if spec.kind == TaskKind::Cvm && instance.region != spec.region {
+            return Err(ServiceError::invalid(
+                "spec.region",
+                format!(
+                    "{} differs from the region of destination {} ({}): a CVM task must stay in its region",
+                    spec.region, instance.instance_id, instance.region
+                ),
+            ));
+        }
+        Ok(instance)
+    }
+
+    pub async fn create_task(
+        &self,
+        input: ferry_core::TaskSpecInput,
+    ) -> Result<Task, ServiceError> {
+        let spec = TaskSpec::try_from(input)?;
+        self.check_destination(&spec).await?;
+        let _guard = self.write_lock.lock().await;
+        let tasks = self.db(|s| s.list_tasks()).await?;
+        if tasks.iter().any(|t| t.spec.name == spec.name) {
+            return Err(ServiceError::AlreadyExists(format!(
+                "a task named {:?} already exists",
+                spec.name
+            )));
+        }
+        let task = Task::new(TaskId::generate(), spec, now_ms());
+        self.save_task(&task).await?;
+        tracing::info!(task_id = %task.id, name = %task.spec.name, "task created");
+        Ok(task)
+    }
+
+    pub async fn get_task(&self, raw_id: &str) -> Result<Task, ServiceError> {
+        self.load_task(&Self::parse_task_id(raw_id)?).await
+    }
+
+    pub async fn list_tasks(
+        &self,
+        page_size: i32,
+        page_token: &str,
+        region: &str,
+        state: i32,
+    ) -> Result<Page<Task>, ServiceError> {
+        let state_filter = match state {
+            0 => None,
+            s => Some(
+                convert::state_from_pb(s)
+                    .ok_or_else(|| ServiceError::invalid("state", format!("unknown state {s}")))?,
+            ),
+        };
+        let all = self.db(|s| s.list_tasks()).await?;
+        let region = region.to_owned();
+        paginate(
+            all,
+            page_size,
+            page_token,
+            |t| t.id.to_string(),
+            move |t| {
+                (region.is_empty() || t.spec.region == region)
+                    && state_filter.is_none_or(|s| t.state == s)
+            },
+        )
+    }
+
+    pub async fn update_task(
+        &self,
+        raw_id: &str,
+        input: ferry_core::TaskSpecInput,
+    ) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.apply(Action::Update, now_ms())?;
+        let keep_password = !input.password.is_set();
+        let mut spec = TaskSpec::try_from(input)?;
+        if keep_password {
+            spec.password = task.spec.password.clone();
+        }
+        self.check_destination(&spec).await?;
+        let tasks = self.db(|s| s.list_tasks()).await?;
+        if tasks.iter().any(|t| t.spec.name == spec.name && t.id != id) {
+            return Err(ServiceError::AlreadyExists(format!(
+                "a task named {:?} already exists",
+                spec.name
+            )));
+        }
+        task.spec = spec;
+        self.save_task(&task).await?;
+        tracing::info!(task_id = %task.id, "task updated");
+        Ok(task)
+    }
+
+    pub async fn delete_task(&self, raw_id: &str) -> Result<(), ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.apply(Action::Delete, now_ms())?;
+        let key = id.clone();
+        self.db(move |s| s.delete_task(&key)).await?;
+        self.notify(&id);
+        tracing::info!(task_id = %id, "task deleted");
+        Ok(())
+    }
+
+    pub async fn check_task(&self, raw_id: &str) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.state.apply(Action::Check)?;
+        let destination = self.check_destination(&task.spec).await?;
+        let tasks = self.db(|s| s.list_tasks()).await?;
+        let now = now_ms();
+        let Some(agent_id) = scheduler::pick(&task, &self.registry.connected(), &tasks) else {
+            task.checks = vec![agent_available_item(&task, false, now)];
+            task.on_event(Event::NoAgentForChecks, &no_agent_reason(&task), false, now);
+            self.save_task(&task).await?;
+            tracing::info!(task_id = %task.id, "checks failed: no eligible agent connected");
+            return Ok(task);
+        };
+        task.apply(Action::Check, now)?;
+        task.checks = vec![agent_available_item(&task, true, now)];
+        self.assign(&mut task, agent_id);
+        self.save_task(&task).await?;
+        self.send_for_state(&task, &destination);
+        Ok(task)
+    }
+
+    pub async fn start_task(&self, raw_id: &str) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.state.apply(Action::Start)?;
+        let destination = self.check_destination(&task.spec).await?;
+        let tasks = self.db(|s| s.list_tasks()).await?;
+        task.apply(Action::Start, now_ms())?;
+        task.checkpoint = None;
+        task.progress.clear();
+        match scheduler::pick(&task, &self.registry.connected(), &tasks) {
+            Some(agent_id) => {
+                self.assign(&mut task, agent_id);
+                self.save_task(&task).await?;
+                self.send_for_state(&task, &destination);
+            }
+            None => {
+                self.save_task(&task).await?;
+                tracing::info!(task_id = %task.id, "task started; waiting for an eligible agent");
+            }
+        }
+        Ok(task)
+    }
+
+    pub async fn complete_task(&self, raw_id: &str) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.apply(Action::Complete, now_ms())?;
+        self.save_task(&task).await?;
+        self.send_command(
+            &task,
+            pb::coordinator_message::Body::CompleteMigration(pb::CompleteMigration {}),
+        );
+        tracing::info!(task_id = %task.id, "task completing");
+        Ok(task)
+    }
+
+    pub async fn stop_task(&self, raw_id: &str) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.apply(Action::Stop, now_ms())?;
+        if task.state == TaskState::Failed {
+            // Stopped while checking: nothing was created. A new epoch makes the agent's late reports stale.
+            task.epoch = task.epoch.next();
+            self.save_task(&task).await?;
+        } else {
+            let destination = self.check_destination(&task.spec).await?;
+            self.save_task(&task).await?;
+            self.send_for_state(&task, &destination);
+        }
+        tracing::info!(task_id = %task.id, state = %task.state, "task stop requested");
+        Ok(task)
+    }
+
+    // ---- agents ----
+
+    pub async fn list_agents(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<pb::Agent>, ServiceError> {
+        let (agents, tasks) = self.db(|s| Ok((s.list_agents()?, s.list_tasks()?))).await?;
+        let page = paginate(
+            agents,
+            page_size,
+            page_token,
+            |a| a.agent_id.to_string(),
+            |_| true,
+        )?;
+        let items = page
+            .items
+            .iter()
+            .map(|a| {
+                let ids = tasks
+                    .iter()
+                    .filter(|t| t.agent_id.as_ref() == Some(&a.agent_id) && !t.state.is_terminal())
+                    .map(|t| t.id.to_string())
+                    .collect();
+                convert::agent_to_pb(a, self.registry.is_connected(&a.agent_id), ids)
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next_page_token: page.next_page_token,
+        })
+    }
+
+    /// Records an agent's identity (hello or heartbeat).
+    pub(crate) async fn remember_agent(&self, record: AgentRecord) -> Result<(), ServiceError> {
+        self.db(move |s| s.put_agent(&record)).await
+    }
+}
+
+/// The coordinator-side `agent_available` check item.
+fn agent_available_item(task: &Task, pass: bool, now: i64) -> CheckItem {
+    let (status, message, fix) = if pass {
+        (
+            CheckStatus::Pass,
+            "an eligible agent is connected".to_owned(),
+            String::new(),
+        )
+    } else {
+        (CheckStatus::Fail, no_agent_reason(task), no_agent_fix(task))
+    };
+    CheckItem {
+        id: "agent_available".into(),
+        name: "Agent available".into(),
+        status,
+        message,
+        fix,
+        finish_time_ms: Some(now),
+        duration_ms: 0,
+    }
+}
+
+fn no_agent_reason(task: &Task) -> String {
+    match &task.spec.cvm_id {
+        Some(cvm) => format!("no ferry-agent of CVM {cvm} is connected"),
+        None => "no pool ferry-agent is connected".to_owned(),
+    }
+}
+
+fn no_agent_fix(task: &Task) -> String {
+    match &task.spec.cvm_id {
+        Some(cvm) => {
+            format!("install and start ferry-agent on CVM {cvm}, or check that it can reach the coordinator")
+        }
+        None => {
+            "start a ferry-agent with pool mode enabled, or check that it can reach the coordinator"
+                .to_owned()
+        }
+    }
+}
+
+/// Pages over items ordered by `key`; the page token is the key of the last item returned.
+fn paginate<T>(
+    all: Vec<T>,
+    page_size: i32,
+    page_token: &str,
+    key: impl Fn(&T) -> String,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Page<T>, ServiceError> {
+    let size = match usize::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(n) => n.min(MAX_PAGE_SIZE),
+        Err(_) => return Err(ServiceError::invalid("page_size", "must not be negative")),
+    };
+    if !page_token.is_empty()
+        && !page_token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ServiceError::invalid(
+            "page_token",
+            "is malformed: pass the next_page_token of a previous call",
+        ));
+    }
+    let mut items: Vec<T> = all
+        .into_iter()
+        .filter(|t| keep(t) && (page_token.is_empty() || key(t).as_str() > page_token))
+        .collect();
+    let next_page_token = if items.len() > size {
+        items.truncate(size);
+        items.last().map(&key).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Page {
+        items,
+        next_page_token,
+    })
+}

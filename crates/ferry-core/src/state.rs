@@ -1,0 +1,254 @@
+//! The task state machine (DESIGN.md "Task lifecycle"), enforced here and only here.
+//!
+//! Operator actions ([`Action`]) and agent/coordinator events ([`Event`]) are checked against the current state;
+//! an illegal one yields [`CoreError::IllegalTransition`] naming the state and what is allowed in it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+
+/// Lifecycle state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    NotStarted,
+    Checking,
+    CheckPassed,
+    CheckFailed,
+    Running,
+    Completing,
+    Succeeded,
+    Stopping,
+    Failed,
+}
+
+impl TaskState {
+    /// Every state, for tables and property tests.
+    pub const ALL: [TaskState; 9] = [
+        TaskState::NotStarted,
+        TaskState::Checking,
+        TaskState::CheckPassed,
+        TaskState::CheckFailed,
+        TaskState::Running,
+        TaskState::Completing,
+        TaskState::Succeeded,
+        TaskState::Stopping,
+        TaskState::Failed,
+    ];
+
+    /// The operator-facing name (the proto enum value without its prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::NotStarted => "NOT_STARTED",
+            TaskState::Checking => "CHECKING",
+            TaskState::CheckPassed => "CHECK_PASSED",
+            TaskState::CheckFailed => "CHECK_FAILED",
+            TaskState::Running => "RUNNING",
+            TaskState::Completing => "COMPLETING",
+            TaskState::Succeeded => "SUCCEEDED",
+            TaskState::Stopping => "STOPPING",
+            TaskState::Failed => "FAILED",
+        }
+    }
+
+    /// States in which an agent works on the task (it must not be deleted or edited).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            TaskState::Checking | TaskState::Running | TaskState::Completing | TaskState::Stopping
+        )
+    }
+
+    /// States after which nothing more happens.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed)
+    }
+
+    /// Operator actions allowed in this state.
+    pub fn allowed_actions(self) -> Vec<Action> {
+        Action::ALL
+            .into_iter()
+            .filter(|a| a.target(self).is_some())
+            .collect()
+    }
+
+    /// Applies an operator action: the next state, or why not.
+    pub fn apply(self, action: Action) -> Result<TaskState, CoreError> {
+        action
+            .target(self)
+            .ok_or_else(|| CoreError::IllegalTransition {
+                state: self,
+                action,
+                allowed: self.allowed_actions(),
+            })
+    }
+
+    /// Applies an event reported by an agent (or produced by the coordinator). `None`: the event means nothing in
+    /// this state and must change nothing.
+    pub fn on_event(self, event: Event) -> Option<TaskState> {
+        use TaskState as S;
+        match (self, event) {
+            (S::Checking, Event::ChecksPassed) => Some(S::CheckPassed),
+            (S::Checking, Event::ChecksFailed | Event::CommandError) => Some(S::CheckFailed),
+            (S::NotStarted | S::CheckPassed | S::CheckFailed, Event::NoAgentForChecks) => {
+                Some(S::CheckFailed)
+            }
+            (S::Completing, Event::Completed) => Some(S::Succeeded),
+            (S::Running | S::Completing | S::Stopping, Event::Failed | Event::CommandError) => {
+                Some(S::Failed)
+            }
+            (S::Stopping, Event::Stopped) => Some(S::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An operator action on a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Update,
+    Delete,
+    Check,
+    Start,
+    Complete,
+    Stop,
+}
+
+impl Action {
+    /// Every action, in the order they are listed to operators.
+    pub const ALL: [Action; 6] = [
+        Action::Check,
+        Action::Start,
+        Action::Complete,
+        Action::Stop,
+        Action::Update,
+        Action::Delete,
+    ];
+
+    /// The RPC that performs the action, as operators know it.
+    pub fn rpc_name(self) -> &'static str {
+        match self {
+            Action::Update => "UpdateTask",
+            Action::Delete => "DeleteTask",
+            Action::Check => "CheckTask",
+            Action::Start => "StartTask",
+            Action::Complete => "CompleteTask",
+            Action::Stop => "StopTask",
+        }
+    }
+
+    /// The state after this action from `from`, or `None` when illegal. `Delete` "targets" the same state: the
+    /// record is removed by the caller. `Stop` in CHECKING fails the task at once (nothing was created yet).
+    fn target(self, from: TaskState) -> Option<TaskState> {
+        use TaskState as S;
+        match (self, from) {
+            (Action::Update, S::NotStarted | S::CheckPassed | S::CheckFailed) => {
+                Some(S::NotStarted)
+            }
+            (Action::Delete, s) if !s.is_active() => Some(s),
+            (Action::Check, S::NotStarted | S::CheckPassed | S::CheckFailed) => Some(S::Checking),
+            (Action::Start, S::CheckPassed) => Some(S::Running),
+            (Action::Complete, S::Running) => Some(S::Completing),
+            (Action::Stop, S::Checking) => Some(S::Failed),
+            (Action::Stop, S::Running | S::Completing) => Some(S::Stopping),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.rpc_name())
+    }
+}
+
+/// Something that happened to a task outside an operator action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The agent finished the checks and none failed.
+    ChecksPassed,
+    /// The agent finished the checks and at least one failed.
+    ChecksFailed,
+    /// CheckTask found no eligible agent connected.
+    NoAgentForChecks,
+    /// The migration completed.
+    Completed,
+    /// The migration failed.
+    Failed,
+    /// The rollback after StopMigration finished.
+    Stopped,
+    /// The agent could not act on a command.
+    CommandError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_documented_lifecycle_is_legal() {
+        use TaskState as S;
+        assert_eq!(S::NotStarted.apply(Action::Check), Ok(S::Checking));
+        assert_eq!(
+            S::Checking.on_event(Event::ChecksPassed),
+            Some(S::CheckPassed)
+        );
+        assert_eq!(S::CheckPassed.apply(Action::Start), Ok(S::Running));
+        assert_eq!(S::Running.apply(Action::Complete), Ok(S::Completing));
+        assert_eq!(S::Completing.on_event(Event::Completed), Some(S::Succeeded));
+        assert_eq!(S::Running.apply(Action::Stop), Ok(S::Stopping));
+        assert_eq!(S::Stopping.on_event(Event::Stopped), Some(S::Failed));
+        assert_eq!(S::Checking.apply(Action::Stop), Ok(S::Failed));
+        assert_eq!(S::CheckFailed.apply(Action::Check), Ok(S::Checking));
+    }
+
+    #[test]
+    fn illegal_transition_names_state_and_allowed_actions() {
+        let err = TaskState::NotStarted.apply(Action::Start).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("NOT_STARTED"), "{msg}");
+        assert!(msg.contains("StartTask is not allowed"), "{msg}");
+        assert!(msg.contains("CheckTask, UpdateTask, DeleteTask"), "{msg}");
+    }
+
+    proptest! {
+        #[test]
+        fn active_tasks_are_never_deleted_or_updated(i in 0usize..9) {
+            let s = TaskState::ALL[i];
+            if s.is_active() {
+                prop_assert!(s.apply(Action::Delete).is_err());
+                prop_assert!(s.apply(Action::Update).is_err());
+            }
+        }
+
+        #[test]
+        fn terminal_states_only_allow_delete(i in 0usize..9) {
+            let s = TaskState::ALL[i];
+            if s.is_terminal() {
+                prop_assert_eq!(s.allowed_actions(), vec![Action::Delete]);
+            }
+        }
+
+        #[test]
+        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..6) {
+            let s = TaskState::ALL[i];
+            let a = Action::ALL[j];
+            match s.apply(a) {
+                Ok(_) => prop_assert!(s.allowed_actions().contains(&a)),
+                Err(CoreError::IllegalTransition { allowed, .. }) => {
+                    prop_assert!(!allowed.contains(&a));
+                    prop_assert_eq!(allowed, s.allowed_actions());
+                }
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+}

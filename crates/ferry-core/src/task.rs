@@ -1,0 +1,206 @@
+//! The task record the coordinator keeps: spec, state, checks, progress, checkpoint and assignment.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+use crate::ids::{AgentId, Epoch, TaskId};
+use crate::spec::TaskSpec;
+use crate::state::{Action, Event, TaskState};
+
+/// Phase of a RUNNING or COMPLETING task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskPhase {
+    DataSync,
+    IndexCreation,
+    OplogSync,
+}
+
+/// Status of one check item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CheckStatus {
+    Pending,
+    Pass,
+    Warn,
+    Fail,
+    Skipped,
+}
+
+/// One item of the pre-migration verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckItem {
+    /// Stable id, e.g. `source_reachable`; items are upserted by it.
+    pub id: String,
+    pub name: String,
+    pub status: CheckStatus,
+    pub message: String,
+    pub fix: String,
+    /// Unix milliseconds; `None` while pending.
+    pub finish_time_ms: Option<i64>,
+    pub duration_ms: u64,
+}
+
+/// A MongoDB oplog timestamp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OplogTs {
+    pub seconds: u32,
+    pub increment: u32,
+}
+
+/// Durable resume point reported by the agent and handed back on resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub phase: Option<TaskPhase>,
+    pub start_ts: Option<OplogTs>,
+    pub last_applied: Option<OplogTs>,
+    /// Engine-private resume state, opaque to the coordinator.
+    pub engine_state: Vec<u8>,
+    /// Unix milliseconds.
+    pub update_time_ms: Option<i64>,
+}
+
+/// Reason recorded when an operator stops a task.
+pub const STOPPED_BY_OPERATOR: &str = "stopped by operator";
+
+/// A migration task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub phase: Option<TaskPhase>,
+    pub checks: Vec<CheckItem>,
+    /// The agent's last progress report (an encoded `ferry.v1.Progress`), passed through to operators unread.
+    pub progress: Vec<u8>,
+    /// Unix milliseconds.
+    pub create_time_ms: i64,
+    /// Unix milliseconds.
+    pub update_time_ms: i64,
+    pub failure_reason: String,
+    pub resumable: bool,
+    /// The agent the task is assigned to.
+    pub agent_id: Option<AgentId>,
+    /// Bumped and persisted before every command sent for a new assignment.
+    pub epoch: Epoch,
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl Task {
+    /// A new task in NOT_STARTED.
+    pub fn new(id: TaskId, spec: TaskSpec, now_ms: i64) -> Self {
+        Self {
+            id,
+            spec,
+            state: TaskState::NotStarted,
+            phase: None,
+            checks: Vec::new(),
+            progress: Vec::new(),
+            create_time_ms: now_ms,
+            update_time_ms: now_ms,
+            failure_reason: String::new(),
+            resumable: false,
+            agent_id: None,
+            epoch: Epoch::default(),
+            checkpoint: None,
+        }
+    }
+
+    /// Applies an operator action (the state machine decides), clearing what the new state makes stale.
+    pub fn apply(&mut self, action: Action, now_ms: i64) -> Result<(), CoreError> {
+        let next = self.state.apply(action)?;
+        match (action, next) {
+            (Action::Update, _) | (Action::Check, _) => {
+                self.checks.clear();
+                self.failure_reason.clear();
+            }
+            (Action::Start, _) => {
+                self.phase = Some(TaskPhase::DataSync);
+                self.failure_reason.clear();
+            }
+            (Action::Stop, TaskState::Failed) => {
+                self.failure_reason = STOPPED_BY_OPERATOR.to_owned();
+                self.resumable = false;
+            }
+            _ => {}
+        }
+        self.state = next;
+        self.update_time_ms = now_ms;
+        Ok(())
+    }
+
+    /// Applies an event; returns whether anything changed (an event meaningless in the current state changes
+    /// nothing).
+    pub fn on_event(&mut self, event: Event, reason: &str, resumable: bool, now_ms: i64) -> bool {
+        let Some(next) = self.state.on_event(event) else {
+            return false;
+        };
+        self.state = next;
+        self.update_time_ms = now_ms;
+        match next {
+            TaskState::CheckFailed | TaskState::Failed => {
+                self.failure_reason = reason.to_owned();
+                self.resumable = resumable && next == TaskState::Failed;
+            }
+            _ => self.failure_reason.clear(),
+        }
+        true
+    }
+
+    /// Upserts a check item by id.
+    pub fn upsert_check(&mut self, item: CheckItem, now_ms: i64) {
+        match self.checks.iter_mut().find(|c| c.id == item.id) {
+            Some(existing) => *existing = item,
+            None => self.checks.push(item),
+        }
+        self.update_time_ms = now_ms;
+    }
+
+    /// Ids of the failed check items, for the failure reason.
+    pub fn failed_checks(&self) -> Vec<&str> {
+        self.checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .map(|c| c.id.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::InstanceId;
+    use crate::spec::TaskKind;
+    use crate::Secret;
+
+    fn task() -> Task {
+        let spec = TaskSpec {
+            name: "t".into(),
+            region: "ap-guangzhou".into(),
+            kind: TaskKind::PublicNetwork,
+            cvm_id: None,
+            mongo_host: "127.0.0.1".into(),
+            port: 27017,
+            username: String::new(),
+            password: Secret::default(),
+            destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
+            databases: vec![],
+        };
+        Task::new(TaskId::generate(), spec, 1)
+    }
+
+    #[test]
+    fn stop_while_checking_fails_at_once() {
+        let mut t = task();
+        t.apply(Action::Check, 2).unwrap();
+        t.apply(Action::Stop, 3).unwrap();
+        assert_eq!(t.state, TaskState::Failed);
+        assert_eq!(t.failure_reason, STOPPED_BY_OPERATOR);
+    }
+
+    #[test]
+    fn irrelevant_event_changes_nothing() {
+        let mut t = task();
+        let before = t.clone();
+        assert!(!t.on_event(Event::Completed, "x", false, 5));
+        assert_eq!(t, before);
+    }
+}
