@@ -1,0 +1,176 @@
+//! Fault injection for tests: close connections after N commands, delay replies, fail a named
+//! command with a given code, drop every open connection.
+//!
+//! Owns the fault rules and their bookkeeping. Handshake and monitoring traffic (`hello`,
+//! `isMaster`, `saslStart`, `saslContinue`, `endSessions`) is never counted or failed, so
+//! drivers can always reconnect. It must not touch sockets itself: the connection loop asks
+//! it what to do.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::CommandError;
+
+/// One "fail this command" rule.
+#[derive(Debug, Clone)]
+struct FailRule {
+    command: String,
+    code: i32,
+    remaining: Option<u32>,
+    close_connection: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    close_after: Option<u64>,
+    delay: Option<Duration>,
+    rules: Vec<FailRule>,
+}
+
+/// What the connection loop must do with a command.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Run it (after sleeping `delay` if set).
+    Proceed(Option<Duration>),
+    /// Close the connection without replying.
+    Close,
+    /// Reply with this error instead of running it.
+    Fail(CommandError),
+}
+
+/// Cloneable handle on the fault rules of one server.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    state: Arc<Mutex<State>>,
+    generation_tx: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        let (tx, _) = tokio::sync::watch::channel(0);
+        Self {
+            state: Arc::default(),
+            generation_tx: Arc::new(tx),
+        }
+    }
+}
+
+fn exempt(command: &str) -> bool {
+    matches!(
+        command,
+        "hello"
+            | "isMaster"
+            | "ismaster"
+            | "saslStart"
+            | "saslContinue"
+            | "endSessions"
+            | "configureFailPoint"
+    )
+}
+
+impl Faults {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// After `n` more (non-handshake) commands succeed, the connection that receives the next
+    /// one is closed without a reply. One-shot.
+    pub fn close_connections_after(&self, n: u64) {
+        self.with(|s| s.close_after = Some(n));
+    }
+
+    /// Delays every non-handshake reply by `d` (`None` to stop).
+    pub fn delay_replies(&self, d: Option<Duration>) {
+        self.with(|s| s.delay = d);
+    }
+
+    /// Fails `command` with `code` (`times`: how many times, `None` = until cleared).
+    pub fn fail_command(&self, command: &str, code: i32, times: Option<u32>) {
+        self.add_rule(command, code, times, false);
+    }
+
+    /// Closes the connection instead of answering `command` (`times` as above).
+    pub fn close_on_command(&self, command: &str, times: Option<u32>) {
+        self.add_rule(command, 0, times, true);
+    }
+
+    fn add_rule(&self, command: &str, code: i32, times: Option<u32>, close_connection: bool) {
+        self.with(|s| {
+            s.rules.push(FailRule {
+                command: command.to_string(),
+                code,
+                remaining: times,
+                close_connection,
+            })
+        });
+    }
+
+    /// Closes every connection open right now (new ones are accepted).
+    pub fn drop_connections(&self) {
+        self.generation_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.with(|s| *s = State::default());
+    }
+
+    pub(crate) fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation_tx.subscribe()
+    }
+
+    pub(crate) fn on_command(&self, command: &str) -> Action {
+        if exempt(command) {
+            return Action::Proceed(None);
+        }
+        self.with(|s| {
+            if let Some(n) = s.close_after.as_mut() {
+                if *n == 0 {
+                    s.close_after = None;
+                    return Action::Close;
+                }
+                *n -= 1;
+            }
+            if let Some(pos) = s.rules.iter().position(|r| r.command == command) {
+                let rule = s.rules[pos].clone();
+                match s.rules[pos].remaining.as_mut() {
+                    Some(1) => {
+                        s.rules.remove(pos);
+                    }
+                    Some(n) => *n = n.saturating_sub(1),
+                    None => {}
+                }
+                if rule.close_connection {
+                    return Action::Close;
+                }
+                return Action::Fail(CommandError::new(
+                    rule.code,
+                    format!("Failing command {command} via mongosim fault injection"),
+                ));
+            }
+            Action::Proceed(s.delay)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_count_down_and_skip_handshake() {
+        let f = Faults::default();
+        f.fail_command("find", 6, Some(2));
+        f.close_connections_after(3);
+        assert!(matches!(f.on_command("hello"), Action::Proceed(None)));
+        assert!(matches!(f.on_command("find"), Action::Fail(e) if e.code == 6));
+        assert!(matches!(f.on_command("find"), Action::Fail(_)));
+        assert!(matches!(f.on_command("find"), Action::Proceed(_)));
+        assert!(matches!(f.on_command("insert"), Action::Close));
+        assert!(matches!(f.on_command("insert"), Action::Proceed(_)));
+    }
+}

@@ -1,0 +1,822 @@
+//! The in-memory data: databases, collections (raw BSON keyed by `_id` in BSON order),
+//! indexes (unique ones enforced), the oplog and the write paths that log to it.
+//!
+//! Every mutation goes through this module so that each one appends exactly the oplog
+//! entries a 6.0/7.0 primary writes. It must not parse commands or touch the network; it is
+//! always used under the server's single state lock (never held across `.await`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bson::{doc, oid::ObjectId, Bson, Document, RawDocument, RawDocumentBuf, Timestamp, Uuid};
+
+use crate::error::{CmdResult, CommandError};
+pub use crate::index::{Index, OrdBson};
+use crate::oplog::{Clock, Entry, Oplog, TERM};
+use crate::rawbuf::RawWriter;
+
+/// A collection or view.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    /// Collection UUID (`info.uuid`, oplog `ui`).
+    pub uuid: Uuid,
+    /// Options as given to `create` (echoed by listCollections).
+    pub options: Document,
+    /// Documents keyed by `_id`.
+    pub docs: BTreeMap<OrdBson, Arc<RawDocumentBuf>>,
+    /// Indexes, `_id_` first (empty for views).
+    pub indexes: Vec<Index>,
+    /// Sum of the documents' encoded sizes.
+    pub data_bytes: usize,
+}
+
+impl Collection {
+    fn new(options: Document) -> Self {
+        let is_view = options.contains_key("viewOn");
+        let indexes = if is_view {
+            Vec::new()
+        } else {
+            let spec = doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"};
+            Index::from_spec(spec).map(|i| vec![i]).unwrap_or_default()
+        };
+        Self {
+            uuid: Uuid::new(),
+            options,
+            docs: BTreeMap::new(),
+            indexes,
+            data_bytes: 0,
+        }
+    }
+
+    /// `true` for views.
+    pub fn is_view(&self) -> bool {
+        self.options.contains_key("viewOn")
+    }
+
+    /// `true` for capped collections.
+    pub fn is_capped(&self) -> bool {
+        crate::value::truthy(self.options.get("capped"))
+    }
+
+    /// Approximate on-disk size: data rounded up to 4 KiB pages plus one page.
+    pub fn storage_size(&self) -> i64 {
+        ((self.data_bytes as i64 + 4095) / 4096 + 1) * 4096
+    }
+
+    /// Approximate size of one index.
+    pub fn index_size(&self, idx: &Index) -> i64 {
+        let per_key = if idx.is_id() { 24 } else { 32 };
+        (((self.docs.len() as i64 * per_key) + 4095) / 4096 + 1) * 4096
+    }
+
+    /// Average document size (0 when empty).
+    pub fn avg_obj_size(&self) -> i64 {
+        if self.docs.is_empty() {
+            0
+        } else {
+            (self.data_bytes / self.docs.len()) as i64
+        }
+    }
+}
+
+/// Whether this node keeps an oplog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Replica-set primary with an oplog.
+    ReplicaSet,
+    /// Standalone, no oplog.
+    Standalone,
+}
+
+/// All the data of one mongosim instance.
+#[derive(Debug)]
+pub struct Store {
+    /// Databases by name; each maps collection names to collections.
+    pub dbs: BTreeMap<String, BTreeMap<String, Collection>>,
+    /// Cluster clock.
+    pub clock: Clock,
+    /// The oplog (replica set only).
+    pub oplog: Option<Oplog>,
+    /// Wall-clock ms of the last write (for hello `lastWrite`).
+    pub last_write_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    bson::DateTime::now().timestamp_millis()
+}
+
+/// Splits "db.coll" into its parts.
+pub fn split_ns(ns: &str) -> CmdResult<(&str, &str)> {
+    ns.split_once('.')
+        .filter(|(d, c)| !d.is_empty() && !c.is_empty())
+        .ok_or_else(|| CommandError::new(73, format!("Invalid namespace specified '{ns}'")))
+}
+
+/// Validates a collection name for creation.
+pub fn check_coll_name(db: &str, coll: &str) -> CmdResult<()> {
+    if coll.is_empty() || coll.contains('\0') || coll.starts_with('.') || coll.contains('$') {
+        return Err(CommandError::new(
+            73,
+            format!("Invalid collection name: {db}.{coll}"),
+        ));
+    }
+    if db.is_empty() || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+        return Err(CommandError::new(
+            73,
+            format!("Invalid database name: '{db}'"),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// An empty store; a replica set starts its oplog with "initiating set".
+    pub fn new(topology: Topology, oplog_bytes: usize) -> Self {
+        let mut s = Self {
+            dbs: BTreeMap::new(),
+            clock: Clock::new(),
+            oplog: match topology {
+                Topology::ReplicaSet => Some(Oplog::new(oplog_bytes)),
+                Topology::Standalone => None,
+            },
+            last_write_ms: now_ms(),
+        };
+        s.log_noop(doc! {"msg": "initiating set"});
+        s.log_noop(doc! {"msg": "new primary"});
+        s
+    }
+
+    /// The newest optime (`lastWrite`, `operationTime`).
+    pub fn optime(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn append_entry(&mut self, build: impl FnOnce(&mut RawWriter), ts: Timestamp) {
+        let wall = now_ms();
+        self.last_write_ms = wall;
+        let Some(oplog) = self.oplog.as_mut() else {
+            return;
+        };
+        let mut w = RawWriter::with_capacity(256);
+        build(&mut w);
+        w.value("ts", &Bson::Timestamp(ts));
+        w.value("t", &Bson::Int64(TERM));
+        w.value("v", &Bson::Int64(2));
+        w.value("wall", &Bson::DateTime(bson::DateTime::from_millis(wall)));
+        let bytes = w.finish();
+        match RawDocumentBuf::from_bytes(bytes) {
+            Ok(doc) => oplog.push(Entry {
+                ts,
+                wall_ms: wall,
+                doc: Arc::new(doc),
+            }),
+            Err(error) => tracing::error!(%error, "could not encode an oplog entry"),
+        }
+    }
+
+    /// Writes a no-op entry (`op: "n"`, `ns: ""`).
+    pub fn log_noop(&mut self, o: Document) {
+        let ts = self.clock.tick();
+        self.append_entry(
+            |w| {
+                w.str("op", "n");
+                w.str("ns", "");
+                w.value("o", &Bson::Document(o));
+            },
+            ts,
+        );
+    }
+
+    /// Writes a command entry on `<db>.$cmd`.
+    fn log_command(&mut self, db: &str, ui: Option<Uuid>, o: Document, o2: Option<Document>) {
+        let ts = self.clock.tick();
+        let ns = format!("{db}.$cmd");
+        self.append_entry(
+            |w| {
+                w.str("op", "c");
+                w.str("ns", &ns);
+                if let Some(ui) = ui {
+                    w.value("ui", &Bson::from(ui));
+                }
+                w.value("o", &Bson::Document(o));
+                if let Some(o2) = o2 {
+                    w.value("o2", &Bson::Document(o2));
+                }
+            },
+            ts,
+        );
+    }
+
+    /// Looks a collection up.
+    pub fn coll(&self, db: &str, coll: &str) -> Option<&Collection> {
+        self.dbs.get(db).and_then(|d| d.get(coll))
+    }
+
+    fn coll_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
+        self.dbs.get_mut(db).and_then(|d| d.get_mut(coll))
+    }
+
+    /// Creates a collection with `options`; logs `create`. 48 if it exists.
+    pub fn create_collection(&mut self, db: &str, coll: &str, options: Document) -> CmdResult<()> {
+        check_coll_name(db, coll)?;
+        if db == "local" && coll == "oplog.rs" || self.coll(db, coll).is_some() {
+            return Err(CommandError::new(
+                48,
+                format!("Collection {db}.{coll} already exists."),
+            ));
+        }
+        let c = Collection::new(options.clone());
+        let uuid = c.uuid;
+        let is_view = c.is_view();
+        self.dbs
+            .entry(db.to_string())
+            .or_default()
+            .insert(coll.to_string(), c);
+        if db != "local" {
+            let mut o = doc! {"create": coll};
+            for (k, v) in options {
+                o.insert(k, v);
+            }
+            if !is_view {
+                o.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
+            }
+            self.log_command(db, if is_view { None } else { Some(uuid) }, o, None);
+        }
+        Ok(())
+    }
+
+    /// Returns the collection, creating it (and logging `create`) when missing.
+    pub fn ensure_collection(&mut self, db: &str, coll: &str) -> CmdResult<()> {
+        match self.coll(db, coll) {
+            Some(c) if c.is_view() => Err(CommandError::new(
+                166,
+                format!("Namespace {db}.{coll} is a view, not a collection"),
+            )),
+            Some(_) => Ok(()),
+            None => self.create_collection(db, coll, Document::new()),
+        }
+    }
+
+    /// Inserts one document (adding an `_id` when missing), enforcing unique indexes.
+    pub fn insert(&mut self, db: &str, coll: &str, raw: RawDocumentBuf) -> CmdResult<()> {
+        self.ensure_collection(db, coll)?;
+        let raw = ensure_id(raw)?;
+        let decoded_needed = self
+            .coll(db, coll)
+            .is_some_and(|c| c.indexes.iter().any(|i| i.unique && !i.is_id()));
+        let id = raw_id(&raw)?;
+        let ns = format!("{db}.{coll}");
+        let Some(c) = self.coll_mut(db, coll) else {
+            return Err(CommandError::ns_not_found("ns not found"));
+        };
+        let key = OrdBson(id.clone());
+        if c.docs.contains_key(&key) {
+            if let Some(idx) = c.indexes.iter().find(|i| i.is_id()) {
+                return Err(idx.dup_error(&ns, &[OrdBson(id)]));
+            }
+        }
+        if decoded_needed {
+            let d = Document::try_from(raw.as_ref())
+                .map_err(|e| CommandError::new(22, e.to_string()))?;
+            let mut keys = Vec::new();
+            for (i, idx) in c.indexes.iter().enumerate() {
+                if !idx.unique || idx.is_id() {
+                    continue;
+                }
+                if let Some(k) = idx.key_of(&d) {
+                    if idx.entries.contains_key(&k) {
+                        return Err(idx.dup_error(&ns, &k));
+                    }
+                    keys.push((i, k));
+                }
+            }
+            for (i, k) in keys {
+                c.indexes[i].entries.insert(k, key.clone());
+            }
+        }
+        c.data_bytes += raw.as_bytes().len();
+        let ui = c.uuid;
+        let raw = Arc::new(raw);
+        c.docs.insert(key, raw.clone());
+        let ts = self.clock.tick();
+        self.append_entry(
+            |w| {
+                w.str("op", "i");
+                w.str("ns", &ns);
+                w.value("ui", &Bson::from(ui));
+                w.doc_bytes("o", raw.as_bytes());
+                w.value("o2", &Bson::Document(doc! {"_id": id}));
+            },
+            ts,
+        );
+        Ok(())
+    }
+
+    /// Replaces the document `id` with `post`, logging `o` (a diff or the full document).
+    pub fn replace(
+        &mut self,
+        db: &str,
+        coll: &str,
+        pre: &Document,
+        post: Document,
+        o: Document,
+    ) -> CmdResult<()> {
+        let ns = format!("{db}.{coll}");
+        let Some(c) = self.coll_mut(db, coll) else {
+            return Err(CommandError::ns_not_found("ns not found"));
+        };
+        let id = post.get("_id").cloned().unwrap_or(Bson::Null);
+        let key = OrdBson(id.clone());
+        let mut changes = Vec::new();
+        for (i, idx) in c.indexes.iter().enumerate() {
+            if !idx.unique || idx.is_id() {
+                continue;
+            }
+            let old = idx.key_of(pre);
+            let new = idx.key_of(&post);
+            if old == new {
+                continue;
+            }
+            if let Some(k) = &new {
+                if idx.entries.get(k).is_some_and(|owner| owner != &key) {
+                    return Err(idx.dup_error(&ns, k));
+                }
+            }
+            changes.push((i, old, new));
+        }
+        for (i, old, new) in changes {
+            if let Some(k) = old {
+                c.indexes[i].entries.remove(&k);
+            }
+            if let Some(k) = new {
+                c.indexes[i].entries.insert(k, key.clone());
+            }
+        }
+        let raw =
+            RawDocumentBuf::try_from(&post).map_err(|e| CommandError::new(22, e.to_string()))?;
+        if raw.as_bytes().len() > crate::wire::MAX_BSON_OBJECT_SIZE {
+            return Err(CommandError::new(
+                17419,
+                "Resulting document after update is larger than 16777216",
+            ));
+        }
+        if let Some(old) = c.docs.insert(key, Arc::new(raw.clone())) {
+            c.data_bytes -= old.as_bytes().len();
+        }
+        c.data_bytes += raw.as_bytes().len();
+        let ui = c.uuid;
+        let ts = self.clock.tick();
+        self.append_entry(
+            |w| {
+                w.str("op", "u");
+                w.str("ns", &ns);
+                w.value("ui", &Bson::from(ui));
+                w.value("o", &Bson::Document(o));
+                w.value("o2", &Bson::Document(doc! {"_id": id}));
+            },
+            ts,
+        );
+        Ok(())
+    }
+
+    /// Deletes the document with `_id` `id`; logs `d`.
+    pub fn delete(&mut self, db: &str, coll: &str, id: &Bson) -> CmdResult<bool> {
+        let ns = format!("{db}.{coll}");
+        let Some(c) = self.coll_mut(db, coll) else {
+            return Ok(false);
+        };
+        let key = OrdBson(id.clone());
+        let Some(old) = c.docs.remove(&key) else {
+            return Ok(false);
+        };
+        c.data_bytes -= old.as_bytes().len();
+        if c.indexes.iter().any(|i| i.unique && !i.is_id()) {
+            if let Ok(d) = Document::try_from(old.as_ref().as_ref()) {
+                for idx in c.indexes.iter_mut() {
+                    if idx.unique && !idx.is_id() {
+                        if let Some(k) = idx.key_of(&d) {
+                            idx.entries.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        let ui = c.uuid;
+        let ts = self.clock.tick();
+        self.append_entry(
+            |w| {
+                w.str("op", "d");
+                w.str("ns", &ns);
+                w.value("ui", &Bson::from(ui));
+                w.value("o", &Bson::Document(doc! {"_id": id.clone()}));
+            },
+            ts,
+        );
+        Ok(true)
+    }
+
+    /// Drops a collection; logs `drop` with `o2.numRecords`. `false` when missing.
+    pub fn drop_collection(&mut self, db: &str, coll: &str) -> bool {
+        let Some(c) = self.dbs.get_mut(db).and_then(|d| d.remove(coll)) else {
+            return false;
+        };
+        if self.dbs.get(db).is_some_and(|d| d.is_empty()) {
+            self.dbs.remove(db);
+        }
+        let n = i32::try_from(c.docs.len()).unwrap_or(i32::MAX);
+        let ui = if c.is_view() { None } else { Some(c.uuid) };
+        self.log_command(db, ui, doc! {"drop": coll}, Some(doc! {"numRecords": n}));
+        true
+    }
+
+    /// Drops a database: one `drop` per collection, then `dropDatabase`.
+    pub fn drop_database(&mut self, db: &str) {
+        let names: Vec<String> = self
+            .dbs
+            .get(db)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        for n in &names {
+            self.drop_collection(db, n);
+        }
+        self.dbs.remove(db);
+        self.log_command(db, None, doc! {"dropDatabase": 1}, None);
+    }
+
+    /// Renames `from` to `to` (namespaces); `drop_target` replaces an existing target.
+    pub fn rename(&mut self, from: &str, to: &str, drop_target: bool) -> CmdResult<()> {
+        let (fdb, fcoll) = split_ns(from)?;
+        let (tdb, tcoll) = split_ns(to)?;
+        check_coll_name(tdb, tcoll)?;
+        if self.coll(fdb, fcoll).is_none() {
+            return Err(CommandError::ns_not_found(
+                "Source collection does not exist",
+            ));
+        }
+        let mut target_uuid = None;
+        if let Some(t) = self.coll(tdb, tcoll) {
+            if !drop_target {
+                return Err(CommandError::new(48, "target namespace exists"));
+            }
+            target_uuid = Some(t.uuid);
+            if let Some(d) = self.dbs.get_mut(tdb) {
+                d.remove(tcoll);
+            }
+        }
+        let Some(c) = self.dbs.get_mut(fdb).and_then(|d| d.remove(fcoll)) else {
+            return Err(CommandError::ns_not_found(
+                "Source collection does not exist",
+            ));
+        };
+        if self.dbs.get(fdb).is_some_and(|d| d.is_empty()) {
+            self.dbs.remove(fdb);
+        }
+        let ui = c.uuid;
+        self.dbs
+            .entry(tdb.to_string())
+            .or_default()
+            .insert(tcoll.to_string(), c);
+        let mut o = doc! {"renameCollection": from, "to": to, "stayTemp": false};
+        if let Some(t) = target_uuid {
+            o.insert("dropTarget", Bson::from(t));
+        }
+        self.log_command(fdb, Some(ui), o, None);
+        Ok(())
+    }
+
+    /// Creates indexes; returns (before, after, created collection automatically, note).
+    pub fn create_indexes(
+        &mut self,
+        db: &str,
+        coll: &str,
+        specs: Vec<Document>,
+    ) -> CmdResult<(i32, i32, bool, bool)> {
+        let created = self.coll(db, coll).is_none();
+        self.ensure_collection(db, coll)?;
+        let ns = format!("{db}.{coll}");
+        let mut to_log = Vec::new();
+        let (before, after) = {
+            let Some(c) = self.coll_mut(db, coll) else {
+                return Err(CommandError::ns_not_found("ns not found"));
+            };
+            let before = c.indexes.len() as i32;
+            for spec in specs {
+                let mut norm = doc! {"v": 2};
+                for (k, v) in &spec {
+                    if k != "v" && k != "ns" {
+                        norm.insert(k.clone(), v.clone());
+                    }
+                }
+                let mut idx = Index::from_spec(norm)?;
+                if let Some(existing) = c.indexes.iter().find(|i| i.name == idx.name) {
+                    if existing.key != idx.key {
+                        return Err(CommandError::new(86, format!(
+                            "An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {}, existing index: {}",
+                            idx.spec, existing.spec
+                        )));
+                    }
+                    if !same_options(&existing.spec, &idx.spec) {
+                        return Err(CommandError::new(85, format!(
+                            "An equivalent index already exists with the same name but different options. Requested index: {}, existing index: {}",
+                            idx.spec, existing.spec
+                        )));
+                    }
+                    continue;
+                }
+                if let Some(existing) = c.indexes.iter().find(|i| i.key == idx.key) {
+                    if same_options(&existing.spec, &idx.spec) {
+                        continue;
+                    }
+                    return Err(CommandError::new(85, format!(
+                        "An equivalent index already exists with a different name and options. Requested index: {}, existing index: {}",
+                        idx.spec, existing.spec
+                    )));
+                }
+                if idx.unique {
+                    for (id, raw) in &c.docs {
+                        let d = Document::try_from(raw.as_ref().as_ref())
+                            .map_err(|e| CommandError::new(22, e.to_string()))?;
+                        if let Some(k) = idx.key_of(&d) {
+                            if idx.entries.contains_key(&k) {
+                                return Err(idx.dup_error(&ns, &k));
+                            }
+                            idx.entries.insert(k, id.clone());
+                        }
+                    }
+                }
+                to_log.push(idx.spec.clone());
+                c.indexes.push(idx);
+            }
+            (before, c.indexes.len() as i32)
+        };
+        let ui = self.coll(db, coll).map(|c| c.uuid);
+        for spec in to_log {
+            let mut o = doc! {"createIndexes": coll};
+            for (k, v) in spec {
+                o.insert(k, v);
+            }
+            self.log_command(db, ui, o, None);
+        }
+        Ok((before, after, created, before == after))
+    }
+
+    /// Drops indexes by name (`"*"` = all but `_id_`) or key pattern.
+    pub fn drop_indexes(&mut self, db: &str, coll: &str, which: &Bson) -> CmdResult<i32> {
+        let Some(c) = self.coll_mut(db, coll) else {
+            return Err(CommandError::ns_not_found(format!(
+                "ns not found {db}.{coll}"
+            )));
+        };
+        let was = c.indexes.len() as i32;
+        let names: Vec<String> = match which {
+            Bson::String(s) if s == "*" => c
+                .indexes
+                .iter()
+                .filter(|i| !i.is_id())
+                .map(|i| i.name.clone())
+                .collect(),
+            Bson::String(s) => vec![s.clone()],
+            Bson::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            Bson::Document(k) => match c.indexes.iter().find(|i| &i.key == k) {
+                Some(i) => vec![i.name.clone()],
+                None => {
+                    return Err(CommandError::new(
+                        27,
+                        format!("can't find index with key: {k}"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(CommandError::type_mismatch(
+                    "index must be a string, array or document",
+                ))
+            }
+        };
+        let mut dropped = Vec::new();
+        for n in &names {
+            if n == "_id_" {
+                return Err(CommandError::new(72, "cannot drop _id index"));
+            }
+            let Some(pos) = c.indexes.iter().position(|i| &i.name == n) else {
+                return Err(CommandError::new(
+                    27,
+                    format!("index not found with name [{n}]"),
+                ));
+            };
+            dropped.push(c.indexes.remove(pos));
+        }
+        let ui = c.uuid;
+        for idx in dropped {
+            self.log_command(
+                db,
+                Some(ui),
+                doc! {"dropIndexes": coll, "index": idx.name.clone()},
+                Some(idx.spec),
+            );
+        }
+        Ok(was)
+    }
+
+    /// Applies `collMod` options (validator, validationLevel/Action, index TTL/hidden).
+    pub fn coll_mod(&mut self, db: &str, coll: &str, cmd: &Document) -> CmdResult<Document> {
+        let Some(c) = self.coll_mut(db, coll) else {
+            return Err(CommandError::ns_not_found("ns does not exist"));
+        };
+        let mut o = doc! {"collMod": coll};
+        let mut old_opts = Document::new();
+        let mut reply = Document::new();
+        for (k, v) in cmd {
+            match k.as_str() {
+                "collMod" | "$db" | "lsid" | "$clusterTime" | "writeConcern" | "txnNumber"
+                | "$readPreference" | "comment" | "apiVersion" => {}
+                "validator"
+                | "validationLevel"
+                | "validationAction"
+                | "changeStreamPreAndPostImages"
+                | "expireAfterSeconds"
+                | "viewOn"
+                | "pipeline" => {
+                    if let Some(old) = c.options.get(k) {
+                        old_opts.insert(k.clone(), old.clone());
+                    }
+                    c.options.insert(k.clone(), v.clone());
+                    o.insert(k.clone(), v.clone());
+                }
+                "index" => {
+                    let Bson::Document(spec) = v else {
+                        return Err(CommandError::type_mismatch("index must be a document"));
+                    };
+                    let idx = c
+                        .indexes
+                        .iter_mut()
+                        .find(|i| {
+                            spec.get_str("name").is_ok_and(|n| n == i.name)
+                                || spec.get_document("keyPattern").is_ok_and(|kp| kp == &i.key)
+                        })
+                        .ok_or_else(|| CommandError::new(27, "cannot find index"))?;
+                    for (ik, iv) in spec {
+                        if ik == "name" || ik == "keyPattern" {
+                            continue;
+                        }
+                        if let Some(old) = idx.spec.get(ik) {
+                            reply.insert(format!("{ik}_old"), old.clone());
+                        }
+                        reply.insert(format!("{ik}_new"), iv.clone());
+                        idx.spec.insert(ik.clone(), iv.clone());
+                    }
+                    o.insert("index", v.clone());
+                }
+                other => {
+                    return Err(CommandError::new(
+                        40415,
+                        format!("BSON field 'collMod.{other}' is an unknown field."),
+                    ))
+                }
+            }
+        }
+        let ui = c.uuid;
+        self.log_command(
+            db,
+            Some(ui),
+            o,
+            Some(doc! {"collectionOptions_old": old_opts}),
+        );
+        Ok(reply)
+    }
+
+    /// MD5 per collection over raw documents in `_id` order, like `dbHash`.
+    pub fn db_hash(
+        &self,
+        db: &str,
+        only: Option<&[String]>,
+    ) -> (Document, String, Vec<String>, Document) {
+        use md5::{Digest, Md5};
+        let mut per = Document::new();
+        let mut uuids = Document::new();
+        let mut capped = Vec::new();
+        let mut all = Md5::new();
+        if let Some(colls) = self.dbs.get(db) {
+            for (name, c) in colls {
+                if c.is_view() || name.starts_with("system.") && name != "system.js" {
+                    continue;
+                }
+                if only.is_some_and(|o| !o.iter().any(|n| n == name)) {
+                    continue;
+                }
+                let mut h = Md5::new();
+                for raw in c.docs.values() {
+                    h.update(raw.as_bytes());
+                }
+                let hex = hex(&h.finalize());
+                all.update(hex.as_bytes());
+                per.insert(name.clone(), hex);
+                uuids.insert(name.clone(), Bson::from(c.uuid));
+                if c.is_capped() {
+                    capped.push(name.clone());
+                }
+            }
+        }
+        (per, hex(&all.finalize()), capped, uuids)
+    }
+}
+
+fn same_options(a: &Document, b: &Document) -> bool {
+    let strip = |d: &Document| {
+        let mut o: Vec<(String, String)> = d
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "v" | "name" | "key" | "background"))
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        o.sort();
+        o
+    };
+    strip(a) == strip(b)
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `_id` of a raw document.
+pub fn raw_id(raw: &RawDocument) -> CmdResult<Bson> {
+    match raw.get("_id") {
+        Ok(Some(v)) => Bson::try_from(v).map_err(|e| CommandError::new(22, e.to_string())),
+        Ok(None) => Err(CommandError::bad_value("document has no _id")),
+        Err(e) => Err(CommandError::new(22, e.to_string())),
+    }
+}
+
+/// Adds a fresh ObjectId `_id` in front when the document has none; rejects array `_id`s.
+pub fn ensure_id(raw: RawDocumentBuf) -> CmdResult<RawDocumentBuf> {
+    match raw.get("_id") {
+        Ok(Some(bson::RawBsonRef::Array(_))) => Err(CommandError::new(
+            53,
+            "The '_id' value cannot be of type array",
+        )),
+        Ok(Some(bson::RawBsonRef::RegularExpression(_))) => {
+            Err(CommandError::new(53, "can't use a regex for _id"))
+        }
+        Ok(Some(_)) => Ok(raw),
+        Ok(None) => {
+            let mut w = RawWriter::with_capacity(raw.as_bytes().len() + 24);
+            w.value("_id", &Bson::ObjectId(ObjectId::new()));
+            w.extend_raw(&raw);
+            RawDocumentBuf::from_bytes(w.finish()).map_err(|e| CommandError::new(22, e.to_string()))
+        }
+        Err(e) => Err(CommandError::new(22, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::try_from(&d).unwrap()
+    }
+
+    #[test]
+    fn inserts_are_logged_and_duplicates_rejected() {
+        let mut s = Store::new(Topology::ReplicaSet, 1 << 20);
+        s.insert("app", "c", raw(doc! {"_id": 1, "a": "x"}))
+            .unwrap();
+        let e = s.insert("app", "c", raw(doc! {"_id": 1.0})).unwrap_err();
+        assert_eq!(e.code, 11000);
+        assert!(e.errmsg.starts_with(
+            "E11000 duplicate key error collection: app.c index: _id_ dup key: { _id: "
+        ));
+        s.create_indexes(
+            "app",
+            "c",
+            vec![doc! {"key": {"a": 1}, "name": "a_1", "unique": true}],
+        )
+        .unwrap();
+        assert_eq!(
+            s.insert("app", "c", raw(doc! {"_id": 2, "a": "x"}))
+                .unwrap_err()
+                .code,
+            11000
+        );
+        s.insert("app", "c", raw(doc! {"b": 1})).unwrap();
+        let ops: Vec<String> = s
+            .oplog
+            .as_ref()
+            .unwrap()
+            .iter_from(0)
+            .map(|e| e.doc.get_str("op").unwrap().to_string())
+            .collect();
+        assert_eq!(ops, ["n", "n", "c", "i", "c", "i"]);
+    }
+
+    #[test]
+    fn standalone_has_no_oplog() {
+        let mut s = Store::new(Topology::Standalone, 0);
+        s.insert("app", "c", raw(doc! {"x": 1})).unwrap();
+        assert!(s.oplog.is_none());
+        assert_eq!(s.coll("app", "c").unwrap().docs.len(), 1);
+    }
+}
