@@ -1,0 +1,334 @@
+//! Agent configuration: command-line flags, the optional TOML file, and the validated [`AgentConfig`].
+//!
+//! Owns parsing and validation only; it must not connect anywhere. Secrets (the enrollment token) are held in
+//! [`Secret`], whose `Debug` is redacted, so a config can be logged safely.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::AgentError;
+
+/// Default base URL of the Tencent Cloud metadata service.
+pub const DEFAULT_METADATA_URL: &str = "http://metadata.tencentyun.com/latest/meta-data/";
+
+/// A secret string (token). Never printed: `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, to put on the wire. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the agent needs to run, validated.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Coordinator URL, `https://host:port` (or `http://` with `plaintext`).
+    pub coordinator: String,
+    /// Where the agent keeps its id (`agent-id`) and the engines' spools (`spool/<task_id>`).
+    pub data_dir: PathBuf,
+    /// Base URL of the cloud metadata service (paths `instance-id`, `placement/region`, `local-ipv4`).
+    pub metadata_url: String,
+    /// Agent enrollment token sent as `authorization: Bearer ...`.
+    pub token: Option<Secret>,
+    /// Talk plaintext HTTP/2 to the coordinator (loopback and tests only).
+    pub plaintext: bool,
+    /// Extra CA (PEM) to trust for the coordinator's TLS certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Serve public-network tasks.
+    pub pool: bool,
+    /// First reconnect delay.
+    pub reconnect_initial: Duration,
+    /// Reconnect delay ceiling.
+    pub reconnect_max: Duration,
+    /// Timeout of each metadata request.
+    pub metadata_timeout: Duration,
+    /// Timeout of the TCP/TLS connection to the coordinator.
+    pub connect_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// A config with defaults for everything but the coordinator URL and the data dir.
+    pub fn new(coordinator: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            data_dir: data_dir.into(),
+            metadata_url: DEFAULT_METADATA_URL.to_owned(),
+            token: None,
+            plaintext: false,
+            tls_ca: None,
+            pool: false,
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            metadata_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks what can be checked without IO.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let url = self.coordinator.as_str();
+        if url.starts_with("http://") {
+            if !self.plaintext {
+                return Err(AgentError::Config(format!(
+                    "coordinator URL {url} is plaintext http: use https, or pass --plaintext (loopback and tests only)"
+                )));
+            }
+        } else if url.starts_with("https://") {
+            if self.plaintext {
+                return Err(AgentError::Config(format!(
+                    "coordinator URL {url} is https but --plaintext was given: use http:// with --plaintext"
+                )));
+            }
+        } else {
+            return Err(AgentError::Config(format!(
+                "coordinator URL {url:?} must start with https:// (or http:// with --plaintext)"
+            )));
+        }
+        if !(self.metadata_url.starts_with("http://") || self.metadata_url.starts_with("https://"))
+        {
+            return Err(AgentError::Config(format!(
+                "metadata URL {:?} must start with http:// or https://",
+                self.metadata_url
+            )));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(AgentError::Config("data dir must not be empty".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// `<data-dir>/spool/<task_id>`: the engine's spool dir of a task.
+    pub fn spool_dir(&self, task_id: &str) -> PathBuf {
+        self.data_dir.join("spool").join(task_id)
+    }
+}
+
+/// `ferry-agent` command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "Ferry agent: runs checks and migrations on a source host"
+)]
+pub struct Args {
+    /// Coordinator URL, e.g. https://coordinator.example:7443 (http:// only with --plaintext).
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Directory for the agent id and the oplog spools.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL of the cloud metadata service.
+    #[arg(long)]
+    pub metadata_url: Option<String>,
+    /// File holding the agent enrollment token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Plaintext HTTP/2 to the coordinator (loopback and tests only).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// Serve public-network tasks (join the agent pool).
+    #[arg(long)]
+    pub pool: bool,
+    /// CA certificate (PEM) to trust for the coordinator.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// TOML config file with the same settings (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML config file (`--config`); every field is optional and flags override it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Coordinator URL.
+    pub coordinator: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Metadata service base URL.
+    pub metadata_url: Option<String>,
+    /// File holding the enrollment token.
+    pub token_file: Option<PathBuf>,
+    /// Plaintext HTTP/2 (loopback and tests only).
+    pub plaintext: Option<bool>,
+    /// Join the public-network pool.
+    pub pool: Option<bool>,
+    /// CA certificate (PEM) to trust.
+    pub tls_ca: Option<PathBuf>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// First reconnect delay, e.g. "500ms".
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_initial: Option<Duration>,
+    /// Reconnect delay ceiling, e.g. "30s".
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_max: Option<Duration>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            AgentError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| AgentError::Config(format!("invalid config file {}: {e}", path.display())))
+    }
+}
+
+/// Reads a token file (trimmed). An empty file is an error.
+pub fn read_token_file(path: &Path) -> Result<Secret, AgentError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        AgentError::Config(format!("cannot read token file {}: {e}", path.display()))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(AgentError::Config(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(token))
+}
+
+impl Args {
+    /// Merges flags over the config file into a validated [`AgentConfig`] and the log format.
+    pub fn into_config(self) -> Result<(AgentConfig, LogFormat), AgentError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let coordinator = self
+            .coordinator
+            .or(file.coordinator)
+            .ok_or_else(|| AgentError::Config("--coordinator is required".to_owned()))?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .ok_or_else(|| AgentError::Config("--data-dir is required".to_owned()))?;
+        let mut config = AgentConfig::new(coordinator, data_dir);
+        if let Some(url) = self.metadata_url.or(file.metadata_url) {
+            config.metadata_url = url;
+        }
+        if let Some(path) = self.token_file.or(file.token_file) {
+            config.token = Some(read_token_file(&path)?);
+        }
+        config.plaintext = self.plaintext || file.plaintext.unwrap_or(false);
+        config.pool = self.pool || file.pool.unwrap_or(false);
+        config.tls_ca = self.tls_ca.or(file.tls_ca);
+        if let Some(d) = file.reconnect_initial {
+            config.reconnect_initial = d;
+        }
+        if let Some(d) = file.reconnect_max {
+            config.reconnect_max = d;
+        }
+        config.validate()?;
+        Ok((
+            config,
+            self.log_format.or(file.log_format).unwrap_or_default(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let mut config = AgentConfig::new("https://127.0.0.1:1", "/nonexistent");
+        config.token = Some(Secret::new("s3cr3t-token"));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-token"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../../deploy/agent.example.toml")).unwrap();
+        assert_eq!(file.log_format, Some(LogFormat::Json));
+        assert_eq!(file.reconnect_max, Some(Duration::from_secs(30)));
+        assert_eq!(file.metadata_url.as_deref(), Some(DEFAULT_METADATA_URL));
+    }
+
+    #[test]
+    fn plaintext_must_be_explicit() {
+        let config = AgentConfig::new("http://127.0.0.1:1", "d");
+        assert!(config.validate().is_err());
+        let mut config = AgentConfig::new("http://127.0.0.1:1", "d");
+        config.plaintext = true;
+        assert!(config.validate().is_ok());
+        let mut config = AgentConfig::new("https://127.0.0.1:1", "d");
+        config.plaintext = true;
+        assert!(config.validate().is_err());
+        assert!(AgentConfig::new("127.0.0.1:1", "d").validate().is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_unknown_fields_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok\n").unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "coordinator = \"https://127.0.0.1:7443\"\ndata_dir = \"x\"\npool = true\nreconnect_max = \"5s\"\ntoken_file = {:?}\n",
+                token.display().to_string()
+            ),
+        )
+        .unwrap();
+        let args = Args::parse_from([
+            "ferry-agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--plaintext",
+        ]);
+        let (config, format) = args.into_config().unwrap();
+        assert_eq!(config.coordinator, "http://127.0.0.1:1");
+        assert_eq!(config.data_dir, PathBuf::from("x"));
+        assert!(config.pool);
+        assert_eq!(config.reconnect_max, Duration::from_secs(5));
+        assert_eq!(config.token.unwrap().expose(), "tok");
+        assert_eq!(format, LogFormat::Text);
+
+        std::fs::write(&file, "coordinatr = \"x\"\n").unwrap();
+        let args = Args::parse_from(["ferry-agent", "--config", file.to_str().unwrap()]);
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.contains("coordinatr"), "{err}");
+    }
+}

@@ -1,0 +1,442 @@
+//! Real processes for end-to-end tests and the demo: the `ferry-coordinator` and `ferry-agent` binaries started as
+//! children (so a test can SIGKILL them), a stand-in for the cloud metadata service, and an authenticated operator
+//! client. Everything listens on 127.0.0.1 with OS-chosen ports and lives in a folder the caller owns.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ferry_proto::v1::migration_service_client::MigrationServiceClient;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Where the built binaries are. Tests run from `target/<profile>/deps/`, the binaries sit in `target/<profile>/`.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// The folder of the running executable's parent (tests) or of the executable itself (the demo).
+    pub fn locate() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut dir = exe
+            .parent()
+            .context("executable has no folder")?
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let found = Self { dir };
+        for name in ["ferry-coordinator", "ferry-agent"] {
+            if !found.path(name).exists() {
+                bail!(
+                    "{} not found: build the binaries first (cargo build -p ferry-coordinator -p ferry-agent -p ferryctl)",
+                    found.path(name).display()
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Values the metadata stand-in serves; tests change them to play a wrong CVM, another region, etc.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    pub instance_id: String,
+    pub region: String,
+    pub local_ipv4: String,
+}
+
+/// Serves `instance-id`, `placement/region` and `local-ipv4` like the Tencent Cloud metadata service.
+pub struct MetadataServer {
+    addr: SocketAddr,
+    values: Arc<Mutex<Metadata>>,
+    task: JoinHandle<()>,
+}
+
+impl MetadataServer {
+    pub async fn start(metadata: Metadata) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let values = Arc::new(Mutex::new(metadata));
+        let shared = values.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let values = shared.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0_u8; 4096];
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    let path = request
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("/")
+                        .trim_end_matches('/')
+                        .to_string();
+                    let value = {
+                        let m = values
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        if path.ends_with("/instance-id") {
+                            Some(m.instance_id.clone())
+                        } else if path.ends_with("/placement/region") {
+                            Some(m.region.clone())
+                        } else if path.ends_with("/local-ipv4") {
+                            Some(m.local_ipv4.clone())
+                        } else {
+                            None
+                        }
+                    };
+                    let response = match value {
+                        Some(v) if !v.is_empty() => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{v}",
+                            v.len()
+                        ),
+                        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                    };
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(Self { addr, values, task })
+    }
+
+    /// Base URL, ending in `/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/latest/meta-data/", self.addr)
+    }
+
+    pub fn set(&self, metadata: Metadata) {
+        *self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = metadata;
+    }
+}
+
+impl Drop for MetadataServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{value}\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// The coordinator binary as a child process, restartable on the same data dir (and the same port).
+pub struct CoordinatorProcess {
+    bins: Binaries,
+    work: PathBuf,
+    pub addr: SocketAddr,
+    pub operator_token: String,
+    pub agent_token: String,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl CoordinatorProcess {
+    /// Starts a coordinator with its data dir, token files and logs under `work`.
+    pub async fn start(bins: &Binaries, work: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(work)?;
+        let mut this = Self {
+            bins: bins.clone(),
+            work: work.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            operator_token: format!("op-{:016x}", rand::random::<u64>()),
+            agent_token: format!("ag-{:016x}", rand::random::<u64>()),
+            child: None,
+            restarts: 0,
+        };
+        write_secret(&this.operator_token_file(), &this.operator_token)?;
+        write_secret(&this.agent_token_file(), &this.agent_token)?;
+        this.spawn().await?;
+        Ok(this)
+    }
+
+    pub fn operator_token_file(&self) -> PathBuf {
+        self.work.join("operator-token")
+    }
+
+    pub fn agent_token_file(&self) -> PathBuf {
+        self.work.join("agent-token")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.work.join("coordinator-data")
+    }
+
+    /// Every log file this coordinator wrote so far (one per start).
+    pub fn logs(&self) -> String {
+        (0..=self.restarts)
+            .filter_map(|i| {
+                std::fs::read_to_string(self.work.join(format!("coordinator-{i}.log"))).ok()
+            })
+            .collect()
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log =
+            std::fs::File::create(self.work.join(format!("coordinator-{}.log", self.restarts)))?;
+        let mut child = Command::new(self.bins.path("ferry-coordinator"))
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--plaintext")
+            .arg("--operator-token-file")
+            .arg(self.operator_token_file())
+            .arg("--agent-token-file")
+            .arg(self.agent_token_file())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting ferry-coordinator")?;
+        self.addr = wait_listening(
+            &mut child,
+            self.work.join(format!("coordinator-{}.out", self.restarts)),
+        )
+        .await?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts again on the same data dir and port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        self.restarts += 1;
+        self.spawn().await
+    }
+
+    /// SIGTERM, then wait up to 10 s.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        terminate(self.child.take()).await
+    }
+
+    /// An operator client with the bearer token attached to every call.
+    pub async fn client(&self) -> anyhow::Result<OperatorClient> {
+        operator_client(self.addr, &self.operator_token).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The agent binary as a child process, restartable on the same data dir.
+pub struct AgentProcess {
+    bins: Binaries,
+    work: PathBuf,
+    coordinator_url: String,
+    token_file: PathBuf,
+    metadata_url: String,
+    pool: bool,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl AgentProcess {
+    pub async fn start(
+        bins: &Binaries,
+        work: &Path,
+        coordinator: &CoordinatorProcess,
+        metadata_url: &str,
+        pool: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(bins, work, coordinator, metadata_url, pool, &[]).await
+    }
+
+    /// Like [`AgentProcess::start`], with extra command-line arguments.
+    pub async fn start_with(
+        bins: &Binaries,
+        work: &Path,
+        coordinator: &CoordinatorProcess,
+        metadata_url: &str,
+        pool: bool,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(work)?;
+        let mut this = Self {
+            bins: bins.clone(),
+            work: work.to_path_buf(),
+            coordinator_url: coordinator.url(),
+            token_file: coordinator.agent_token_file(),
+            metadata_url: metadata_url.to_string(),
+            pool,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            restarts: 0,
+        };
+        this.spawn()?;
+        Ok(this)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.work.join("agent-data")
+    }
+
+    pub fn logs(&self) -> String {
+        (0..=self.restarts)
+            .filter_map(|i| std::fs::read_to_string(self.work.join(format!("agent-{i}.log"))).ok())
+            .collect()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.work.join(format!("agent-{}.log", self.restarts)))?;
+        let out = std::fs::File::create(self.work.join(format!("agent-{}.out", self.restarts)))?;
+        let mut command = Command::new(self.bins.path("ferry-agent"));
+        command
+            .arg("--coordinator")
+            .arg(&self.coordinator_url)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--metadata-url")
+            .arg(&self.metadata_url)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--plaintext")
+            .env("RUST_LOG", "info")
+            .stdout(out)
+            .stderr(log)
+            .kill_on_drop(true);
+        if self.pool {
+            command.arg("--pool");
+        }
+        command.args(&self.extra_args);
+        self.child = Some(command.spawn().context("starting ferry-agent")?);
+        Ok(())
+    }
+
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        self.restarts += 1;
+        self.spawn()
+    }
+
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        terminate(self.child.take()).await
+    }
+}
+
+async fn terminate(child: Option<Child>) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let Some(mut child) = child else {
+        return Ok(None);
+    };
+    if let Some(pid) = child.id() {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await?;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => Ok(Some(status?)),
+        Err(_) => {
+            child.kill().await?;
+            bail!("did not exit within 10 s of SIGTERM")
+        }
+    }
+}
+
+/// Reads a child's stdout until "listening on ADDR", then keeps copying it to `log` until the child closes it.
+async fn wait_listening(child: &mut Child, log: PathBuf) -> anyhow::Result<SocketAddr> {
+    let stdout = child.stdout.take().context("stdout not captured")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .context("no 'listening on' line within 30 s")??
+            .context("the process exited before listening (see its log)")?;
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            let addr: SocketAddr = addr
+                .trim()
+                .parse()
+                .with_context(|| format!("bad address in {line:?}"))?;
+            // Ends when the child closes its stdout (exit or kill).
+            tokio::spawn(async move {
+                let Ok(mut file) = tokio::fs::File::create(log).await else {
+                    return;
+                };
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+                }
+            });
+            return Ok(addr);
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct BearerToken(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type OperatorClient = MigrationServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// A MigrationService client that sends `token` on every call.
+pub async fn operator_client(addr: SocketAddr, token: &str) -> anyhow::Result<OperatorClient> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let value = format!("Bearer {token}")
+        .parse()
+        .context("token is not valid header text")?;
+    Ok(MigrationServiceClient::with_interceptor(
+        channel,
+        BearerToken(value),
+    ))
+}
