@@ -1,0 +1,61 @@
+//! `EngineError`: the one error type of the engine layer, with messages an operator can act on and a
+//! `resumable()` classification (a resumable failure can continue from the last checkpoint).
+
+use crate::diff::DiffError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "cannot connect to the {side} ({detail}): check the address, credentials and network path"
+    )]
+    Connect { side: &'static str, detail: String },
+    #[error("{side} unreachable for too long during {operation}: {detail}; the task can resume from its last checkpoint once the {side} is reachable")]
+    Unavailable {
+        side: &'static str,
+        operation: String,
+        detail: String,
+    },
+    #[error("{operation} on {namespace} failed on the {side}: {detail}")]
+    Command {
+        side: &'static str,
+        namespace: String,
+        operation: String,
+        detail: String,
+    },
+    #[error("the source has no oplog ({detail}): only replica-set members can be migrated online; convert the source to a replica set")]
+    NoOplog { detail: String },
+    #[error("the source oplog rolled past {needed}, which this task still needed ({detail}); enlarge the source oplog (replSetResizeOplog) or raise oplogMinRetentionHours and restart the migration from scratch")]
+    OplogRolledOver { needed: String, detail: String },
+    #[error("oplog spool cap of {cap_bytes} bytes reached in {dir}: the copy produced more oplog than the spool may hold; raise spool_cap_bytes or free disk space and restart the migration")]
+    SpoolFull { cap_bytes: u64, dir: String },
+    #[error("oplog spool I/O error in {dir}: {detail}; check the agent's data directory (disk full, permissions)")]
+    Spool { dir: String, detail: String },
+    #[error("cannot apply oplog entry at {ts} on {namespace}: {detail}")]
+    Apply {
+        ts: String,
+        namespace: String,
+        detail: String,
+    },
+    #[error("malformed update diff on {namespace}: {source}")]
+    Diff {
+        namespace: String,
+        #[source]
+        source: DiffError,
+    },
+    #[error("unsupported on {namespace}: {detail}")]
+    Unsupported { namespace: String, detail: String },
+    #[error("invalid checkpoint: {0}; restart the migration from scratch")]
+    BadCheckpoint(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl EngineError {
+    /// Whether retrying the task from its last checkpoint can succeed without operator action.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Unavailable { .. } | EngineError::Connect { .. }
+        )
+    }
+}

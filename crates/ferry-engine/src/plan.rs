@@ -1,0 +1,443 @@
+//! Metadata: the oplog start point (reference §8.6), listing collections/views/indexes, estimating sizes,
+//! splitting collections into `_id` ranges, creating collections (same options) and views on the
+//! destination (recording each namespace in the state *before* creating it), and INDEX_CREATION.
+//!
+//! Range splitting uses `$sample` + `$sort` on `_id` (cheap random cursor on real servers, reference
+//! §10; `splitVector` needs extra privileges and `$bucketAuto` is a full sorted scan). Split points are
+//! taken from the dominant `_id` type only; the first range is the complement of `{_id: {$gte: p1}}` so
+//! documents whose `_id` has another BSON type are never skipped.
+
+use std::collections::HashSet;
+use std::future::IntoFuture;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Ctx;
+use crate::mongo::{self, error_code, Side};
+use crate::oplog::NsFilter;
+use crate::state::{self, CollState, EngineState, ViewState};
+use crate::types::OpTime;
+use crate::EngineError;
+
+/// Newest (or oldest) entry of the source oplog.
+pub(crate) async fn oplog_edge(
+    src: &Client,
+    cancel: &CancellationToken,
+    newest: bool,
+) -> Result<Option<OpTime>, EngineError> {
+    let coll = src.database("local").collection::<Document>("oplog.rs");
+    let dir = if newest { -1 } else { 1 };
+    let found = mongo::retry(cancel, Side::Source, "read oplog edge", || {
+        coll.find_one(doc! {})
+            .sort(doc! {"$natural": dir})
+            .projection(doc! {"ts": 1})
+            .into_future()
+    })
+    .await
+    .map_err(|e| e.into_engine("find", "local.oplog.rs"))?;
+    let Some(found) = found else { return Ok(None) };
+    match found {
+        Some(d) => match d.get_timestamp("ts") {
+            Ok(ts) => Ok(Some(OpTime::from_ts(ts))),
+            Err(_) => Err(EngineError::NoOplog {
+                detail: "oplog entry without ts".into(),
+            }),
+        },
+        None => Err(EngineError::NoOplog {
+            detail: "local.oplog.rs is empty or missing".into(),
+        }),
+    }
+}
+
+/// Oldest `startOpTime` of transactions open on the source (reference §8.6 beginFetching).
+pub(crate) async fn oldest_open_txn(src: &Client, cancel: &CancellationToken) -> Option<OpTime> {
+    let coll = src
+        .database("config")
+        .collection::<Document>("transactions");
+    let filter = doc! {"state": {"$in": ["inProgress", "prepared"]}};
+    let res = mongo::retry(cancel, Side::Source, "read open transactions", || async {
+        coll.find(filter.clone())
+            .await?
+            .try_collect::<Vec<Document>>()
+            .await
+    })
+    .await;
+    let docs = match res {
+        Ok(Some(d)) => d,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!(error = %e.error, "cannot read config.transactions; assuming no open transactions");
+            return None;
+        }
+    };
+    docs.iter()
+        .filter_map(|d| d.get_document("startOpTime").ok()?.get_timestamp("ts").ok())
+        .map(OpTime::from_ts)
+        .min()
+}
+
+/// `(name, sizeOnDisk, empty)` of the source's databases.
+pub(crate) async fn databases(
+    src: &Client,
+    cancel: &CancellationToken,
+) -> Result<Vec<(String, u64, bool)>, EngineError> {
+    let reply = mongo::command(
+        src,
+        cancel,
+        Side::Source,
+        "admin",
+        doc! {"listDatabases": 1},
+    )
+    .await
+    .map_err(|e| e.into_engine("listDatabases", "admin"))?
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    if let Ok(dbs) = reply.get_array("databases") {
+        for d in dbs.iter().filter_map(Bson::as_document) {
+            let Ok(name) = d.get_str("name") else {
+                continue;
+            };
+            let size = match d.get("sizeOnDisk") {
+                Some(Bson::Int64(n)) => *n as u64,
+                Some(Bson::Int32(n)) => *n as u64,
+                Some(Bson::Double(n)) => *n as u64,
+                _ => 0,
+            };
+            out.push((name.to_string(), size, d.get_bool("empty").unwrap_or(false)));
+        }
+    }
+    Ok(out)
+}
+
+async fn list_collections(
+    client: &Client,
+    cancel: &CancellationToken,
+    side: Side,
+    db: &str,
+) -> Result<Vec<Document>, EngineError> {
+    let database = client.database(db);
+    mongo::retry(cancel, side, "listCollections", || async {
+        database
+            .run_cursor_command(doc! {"listCollections": 1})
+            .await?
+            .try_collect::<Vec<Document>>()
+            .await
+    })
+    .await
+    .map_err(|e| e.into_engine("listCollections", db))
+    .map(Option::unwrap_or_default)
+}
+
+fn num(d: &Document, key: &str) -> u64 {
+    match d.get(key) {
+        Some(Bson::Int32(n)) => (*n).max(0) as u64,
+        Some(Bson::Int64(n)) => (*n).max(0) as u64,
+        Some(Bson::Double(n)) => n.max(0.0) as u64,
+        _ => 0,
+    }
+}
+
+/// Builds the plan: collections (with estimates and ranges) and views of the selected databases.
+pub(crate) async fn build(
+    src: &Client,
+    cancel: &CancellationToken,
+    filter: &NsFilter,
+    docs_per_range: u64,
+) -> Result<EngineState, EngineError> {
+    let mut st = EngineState::new();
+    let dbs = databases(src, cancel).await?;
+    for (db, _, _) in dbs.iter().filter(|(db, _, _)| filter.db_selected(db)) {
+        for entry in list_collections(src, cancel, Side::Source, db).await? {
+            let Ok(name) = entry.get_str("name") else {
+                continue;
+            };
+            let ns = format!("{db}.{name}");
+            if !filter.ns_selected(&ns) {
+                continue;
+            }
+            let options = entry.get_document("options").cloned().unwrap_or_default();
+            match entry.get_str("type").unwrap_or("collection") {
+                "collection" => {
+                    let coll = estimate_and_split(src, cancel, db, name, options, docs_per_range).await?;
+                    st.collections.push(coll);
+                }
+                "view" => st.views.push(ViewState { ns, options: state::to_ext(Bson::Document(options)) }),
+                other => {
+                    return Err(EngineError::Unsupported {
+                        namespace: ns,
+                        detail: format!("collections of type '{other}' (time series) cannot be migrated yet; exclude this database or drop the collection"),
+                    })
+                }
+            }
+        }
+    }
+    Ok(st)
+}
+
+async fn estimate_and_split(
+    src: &Client,
+    cancel: &CancellationToken,
+    db: &str,
+    name: &str,
+    options: Document,
+    docs_per_range: u64,
+) -> Result<CollState, EngineError> {
+    let ns = format!("{db}.{name}");
+    let count = mongo::command(src, cancel, Side::Source, db, doc! {"count": name})
+        .await
+        .map(|r| r.map(|d| num(&d, "n")).unwrap_or(0))
+        .unwrap_or(0);
+    let size = mongo::command(src, cancel, Side::Source, db, doc! {"collStats": name})
+        .await
+        .map(|r| r.map(|d| num(&d, "size")).unwrap_or(0))
+        .unwrap_or(0);
+    let n_ranges = if docs_per_range == 0 {
+        1
+    } else {
+        count.div_ceil(docs_per_range).clamp(1, 4096) as usize
+    };
+    let mut splits = Vec::new();
+    if n_ranges > 1 {
+        let sample_size = (n_ranges as u64 * 16).min(count).max(1) as i64;
+        let coll = src.database(db).collection::<Document>(name);
+        let pipeline = vec![
+            doc! {"$sample": {"size": sample_size}},
+            doc! {"$project": {"_id": 1}},
+            doc! {"$sort": {"_id": 1}},
+        ];
+        let sample = mongo::retry(cancel, Side::Source, "sample _id", || async {
+            coll.aggregate(pipeline.clone())
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        })
+        .await;
+        match sample {
+            Ok(Some(docs)) => {
+                let ids: Vec<Bson> = docs
+                    .into_iter()
+                    .filter_map(|mut d| d.remove("_id"))
+                    .collect();
+                splits = state::pick_splits(&ids, n_ranges);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(%ns, error = %e.error, "cannot sample _id; copying the collection as one range")
+            }
+        }
+    }
+    Ok(CollState {
+        ns,
+        options: state::to_ext(Bson::Document(options)),
+        docs_estimated: count,
+        bytes_estimated: size,
+        ranges: state::ranges_from_splits(splits),
+    })
+}
+
+pub(crate) fn split_ns(ns: &str) -> (&str, &str) {
+    ns.split_once('.').unwrap_or((ns, ""))
+}
+
+/// Names of the collections and views existing on the destination in `db`.
+pub(crate) async fn dest_names(ctx: &Ctx, db: &str) -> Result<HashSet<String>, EngineError> {
+    Ok(
+        list_collections(&ctx.dst, &ctx.cancel, Side::Destination, db)
+            .await?
+            .iter()
+            .filter_map(|d| d.get_str("name").ok().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Creates `ns` with `options` unless it exists; records it as created (and checkpoints) first.
+pub(crate) async fn create_namespace(
+    ctx: &Ctx,
+    ns: &str,
+    options: &Document,
+    existing: &mut HashSet<String>,
+) -> Result<(), EngineError> {
+    let (db, name) = split_ns(ns);
+    if existing.contains(name) {
+        return Ok(());
+    }
+    {
+        let mut st = ctx.state();
+        if !st.created.iter().any(|c| c == ns) {
+            st.created.push(ns.to_string());
+        }
+    }
+    ctx.emit_checkpoint().await;
+    let mut cmd = doc! {"create": name};
+    for (k, v) in options {
+        // idIndex: the default _id index is identical (same collation); some servers reject the field.
+        if k != "create" && k != "$o2" && k != "uuid" && k != "idIndex" {
+            cmd.insert(k.clone(), v.clone());
+        }
+    }
+    match mongo::command(&ctx.dst, &ctx.cancel, Side::Destination, db, cmd).await {
+        Ok(_) => {}
+        Err(e) if error_code(&e.error) == Some(48) => {}
+        Err(e) => return Err(e.into_engine("create", ns)),
+    }
+    existing.insert(name.to_string());
+    tracing::info!(task_id = %ctx.cfg.task_id, %ns, "created on destination");
+    Ok(())
+}
+
+/// Creates every planned collection, then every view (views after their sources, retried in rounds so
+/// views on views work).
+pub(crate) async fn create_all(ctx: &Ctx) -> Result<(), EngineError> {
+    let (colls, views) = {
+        let st = ctx.state();
+        let c: Vec<(String, serde_json::Value)> = st
+            .collections
+            .iter()
+            .map(|c| (c.ns.clone(), c.options.clone()))
+            .collect();
+        let v: Vec<(String, serde_json::Value)> = st
+            .views
+            .iter()
+            .map(|v| (v.ns.clone(), v.options.clone()))
+            .collect();
+        (c, v)
+    };
+    let mut existing: std::collections::HashMap<String, HashSet<String>> = Default::default();
+    for (ns, opts) in &colls {
+        let db = split_ns(ns).0.to_string();
+        if !existing.contains_key(&db) {
+            let names = dest_names(ctx, &db).await?;
+            existing.insert(db.clone(), names);
+        }
+        let opts = state::from_ext_doc(opts)?;
+        let set = existing.entry(db).or_default();
+        create_namespace(ctx, ns, &opts, set).await?;
+    }
+    let mut pending: Vec<(String, Document)> = Vec::new();
+    for (ns, opts) in &views {
+        pending.push((ns.clone(), state::from_ext_doc(opts)?));
+    }
+    for _round in 0..8 {
+        if pending.is_empty() {
+            break;
+        }
+        let mut failed = Vec::new();
+        let mut last_err = None;
+        for (ns, opts) in pending {
+            let db = split_ns(&ns).0.to_string();
+            if !existing.contains_key(&db) {
+                let names = dest_names(ctx, &db).await?;
+                existing.insert(db.clone(), names);
+            }
+            let set = existing.entry(db).or_default();
+            if let Err(e) = create_namespace(ctx, &ns, &opts, set).await {
+                last_err = Some(e);
+                failed.push((ns, opts));
+            }
+        }
+        pending = failed;
+        if let (false, Some(e)) = (pending.is_empty(), last_err) {
+            tracing::debug!(error = %e, "view creation round failed; retrying");
+        }
+    }
+    if let Some((ns, _)) = pending.first() {
+        return Err(EngineError::Command {
+            side: "destination",
+            namespace: ns.clone(),
+            operation: "create view".into(),
+            detail: "the view could not be created after its sources".into(),
+        });
+    }
+    Ok(())
+}
+
+/// INDEX_CREATION: every secondary index of every planned collection, same options.
+pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
+    use std::sync::atomic::Ordering;
+    let namespaces: Vec<String> = ctx
+        .state()
+        .collections
+        .iter()
+        .map(|c| c.ns.clone())
+        .collect();
+    let mut work = Vec::new();
+    for ns in &namespaces {
+        let (db, name) = split_ns(ns);
+        let cmd = doc! {"listIndexes": name};
+        let database = ctx.src.database(db);
+        let res = mongo::retry(&ctx.cancel, Side::Source, "listIndexes", || async {
+            database
+                .run_cursor_command(cmd.clone())
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        })
+        .await;
+        let specs = match res {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(e) if error_code(&e.error) == Some(26) => continue,
+            Err(e) => return Err(e.into_engine("listIndexes", ns)),
+        };
+        let specs: Vec<Document> = specs
+            .into_iter()
+            .filter(|s| s.get_str("name").map(|n| n != "_id_").unwrap_or(false))
+            .map(|mut s| {
+                s.remove("ns");
+                s
+            })
+            .collect();
+        if !specs.is_empty() {
+            work.push((ns.clone(), specs));
+        }
+    }
+    let total: usize = work.iter().map(|(_, s)| s.len()).sum();
+    ctx.live.indexes_total.store(total as u32, Ordering::SeqCst);
+    ctx.live.indexes_built.store(0, Ordering::SeqCst);
+    for (ns, specs) in work {
+        let (db, name) = split_ns(&ns);
+        let n = specs.len() as u32;
+        let cmd = doc! {"createIndexes": name, "indexes": specs};
+        match mongo::command(&ctx.dst, &ctx.cancel, Side::Destination, db, cmd).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => {}
+            Err(e) if matches!(error_code(&e.error), Some(85) | Some(86) | Some(68)) => {
+                tracing::warn!(%ns, error = %e.error, "index already exists with other options on the destination");
+            }
+            Err(e) => return Err(e.into_engine("createIndexes", &ns)),
+        }
+        ctx.live.indexes_built.fetch_add(n, Ordering::SeqCst);
+        tracing::info!(task_id = %ctx.cfg.task_id, %ns, indexes = n, "indexes built");
+    }
+    Ok(())
+}
+
+/// Namespaces (among `namespaces`) with a secondary unique index on the source.
+pub(crate) async fn unique_namespaces(ctx: &Ctx, namespaces: &[String]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for ns in namespaces {
+        let (db, name) = split_ns(ns);
+        let database = ctx.dst.database(db);
+        let cmd = doc! {"listIndexes": name};
+        if let Ok(Some(specs)) =
+            mongo::retry(&ctx.cancel, Side::Destination, "listIndexes", || async {
+                database
+                    .run_cursor_command(cmd.clone())
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await
+            })
+            .await
+        {
+            if specs.iter().any(|s| {
+                s.get_bool("unique").unwrap_or(false) && s.get_str("name").ok() != Some("_id_")
+            }) {
+                out.insert(ns.clone());
+            }
+        }
+    }
+    out
+}

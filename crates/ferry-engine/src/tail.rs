@@ -1,0 +1,232 @@
+//! The oplog tailer: a tailable, awaitData cursor on `local.oplog.rs` from a start point, verifying that
+//! the start point still exists (reference §8.3), feeding raw entries into the spool. Re-issues the
+//! query from the last seen `ts` after transient errors or a dead cursor; CappedPositionLost (136) or a
+//! missing start point fail the migration. Also polls the source's newest `ts` for lag.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::options::CursorType;
+use mongodb::Collection;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{pack, Ctx};
+use crate::mongo::{self, error_code, Side};
+use crate::oplog::entry_ts;
+use crate::spool::SpoolWriter;
+use crate::types::OpTime;
+use crate::EngineError;
+
+const FLUSH_DOCS: usize = 2000;
+const FLUSH_BYTES: usize = 4 << 20;
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// Tails from `from` (inclusive) into the spool until `done` or the migration is cancelled.
+pub(crate) async fn run_tailer(
+    ctx: Arc<Ctx>,
+    from: OpTime,
+    writer: SpoolWriter,
+    done: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<RawDocumentBuf>(4096);
+    let reader_ctx = ctx.clone();
+    let reader_done = done.clone();
+    let reader = tokio::spawn(async move {
+        if let Err(e) = read_oplog(&reader_ctx, from, tx, &reader_done).await {
+            reader_ctx.fail(e);
+        }
+    });
+    let mut writer = Some(writer);
+    let mut batch: Vec<RawDocumentBuf> = Vec::new();
+    let mut bytes = 0usize;
+    let mut first_at: Option<Instant> = None;
+    loop {
+        let deadline = first_at.map(|t| t + FLUSH_EVERY);
+        let got = tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            _ = done.cancelled() => None,
+            d = rx.recv() => d.map(Some).unwrap_or(None),
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => None,
+        };
+        let closed = done.is_cancelled() || (got.is_none() && rx.is_closed() && rx.is_empty());
+        if let Some(doc) = got {
+            bytes += doc.as_bytes().len();
+            batch.push(doc);
+            first_at.get_or_insert_with(Instant::now);
+            if batch.len() < FLUSH_DOCS && bytes < FLUSH_BYTES {
+                continue;
+            }
+        }
+        if !batch.is_empty() {
+            let Some(mut w) = writer.take() else { break };
+            let docs = std::mem::take(&mut batch);
+            bytes = 0;
+            first_at = None;
+            let res = tokio::task::spawn_blocking(move || {
+                let r = w.append_blocking(&docs);
+                (w, r)
+            })
+            .await;
+            match res {
+                Ok((w, Ok(()))) => writer = Some(w),
+                Ok((_, Err(e))) => {
+                    ctx.fail(e);
+                    break;
+                }
+                Err(e) => {
+                    ctx.fail(EngineError::Spool {
+                        dir: ctx.cfg.spool_dir.display().to_string(),
+                        detail: e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    reader.abort();
+    let _ = reader.await;
+}
+
+async fn read_oplog(
+    ctx: &Ctx,
+    from: OpTime,
+    tx: mpsc::Sender<RawDocumentBuf>,
+    done: &CancellationToken,
+) -> Result<(), EngineError> {
+    let coll: Collection<RawDocumentBuf> = ctx.src.database("local").collection("oplog.rs");
+    let mut last = from;
+    let mut skip_first = false;
+    let mut last_ok = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if ctx.cancel.is_cancelled() || done.is_cancelled() {
+            return Ok(());
+        }
+        let before = last;
+        let res = tail_once(&coll, ctx, &mut last, &mut skip_first, &tx, done).await;
+        if last != before {
+            // Progress was made: the retry budget and backoff start over.
+            last_ok = Instant::now();
+            backoff = Duration::from_millis(100);
+        }
+        match res {
+            Ok(()) => {
+                // Dead cursor or shutdown: re-issue from the last seen entry.
+                last_ok = Instant::now();
+                if ctx.cancel.is_cancelled() || done.is_cancelled() || tx.is_closed() {
+                    return Ok(());
+                }
+            }
+            Err(TailError::Fatal(e)) => return Err(e),
+            Err(TailError::Mongo(e)) if error_code(&e) == Some(136) => {
+                return Err(EngineError::OplogRolledOver {
+                    needed: last.to_string(),
+                    detail: format!("CappedPositionLost: {e}"),
+                })
+            }
+            Err(TailError::Mongo(e))
+                if mongo::is_transient(&e) && last_ok.elapsed() < mongo::RETRY_BUDGET =>
+            {
+                tracing::warn!(error = %e, last = %last, "oplog tail interrupted, retrying");
+            }
+            Err(TailError::Mongo(e)) => {
+                let transient = mongo::is_transient(&e);
+                return Err(mongo::RetryError {
+                    error: e,
+                    transient,
+                    side: Side::Source,
+                }
+                .into_engine("tail oplog", "local.oplog.rs"));
+            }
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            _ = done.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum TailError {
+    Mongo(mongodb::error::Error),
+    Fatal(EngineError),
+}
+
+async fn tail_once(
+    coll: &Collection<RawDocumentBuf>,
+    ctx: &Ctx,
+    last: &mut OpTime,
+    skip_first: &mut bool,
+    tx: &mpsc::Sender<RawDocumentBuf>,
+    done: &CancellationToken,
+) -> Result<(), TailError> {
+    let find = coll
+        .find(doc! {"ts": {"$gte": last.to_ts()}})
+        .cursor_type(CursorType::TailableAwait)
+        .max_await_time(Duration::from_millis(500))
+        .batch_size(1000);
+    let mut cursor = tokio::select! {
+        _ = ctx.cancel.cancelled() => return Ok(()),
+        _ = done.cancelled() => return Ok(()),
+        c = find => c.map_err(TailError::Mongo)?,
+    };
+    let mut first = true;
+    loop {
+        let more = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            _ = done.cancelled() => return Ok(()),
+            m = cursor.advance() => m.map_err(TailError::Mongo)?,
+        };
+        if !more {
+            return Ok(());
+        }
+        let raw = cursor.current();
+        let ts = entry_ts(raw).map_err(|e| {
+            TailError::Fatal(EngineError::Apply {
+                ts: "?".into(),
+                namespace: "local.oplog.rs".into(),
+                detail: e.to_string(),
+            })
+        })?;
+        if first {
+            first = false;
+            if ts != *last {
+                return Err(TailError::Fatal(EngineError::OplogRolledOver {
+                    needed: last.to_string(),
+                    detail: format!("the oldest matching entry is {ts}"),
+                }));
+            }
+            if *skip_first {
+                continue;
+            }
+        }
+        *last = ts;
+        *skip_first = true;
+        if tx.send(raw.to_owned()).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Polls the source's newest oplog `ts` every second for lag reporting.
+pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
+    loop {
+        match crate::plan::oplog_edge(&ctx.src, &done, true).await {
+            Ok(Some(t)) => ctx.live.source_newest.store(pack(t), Ordering::SeqCst),
+            Ok(None) => return,
+            Err(error) => tracing::debug!(%error, "cannot read the source's newest oplog entry"),
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = ctx.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

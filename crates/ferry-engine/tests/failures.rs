@@ -1,0 +1,215 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are assertions
+//! Failure handling: spool cap, a source oplog that rolled past the resume point, rollback of exactly
+//! what the task created, transient connection cuts that recover, and operator-actionable errors.
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use ferry_engine::{rollback, EngineError, Outcome, Phase};
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+
+async fn seed(src: &Client, n: i32) -> Result<()> {
+    let c = src.database("app").collection::<Document>("items");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        c.insert_many(
+            chunk
+                .iter()
+                .map(|i| doc! {"_id": *i, "pad": "x".repeat(100)})
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn churn(src: &Client, from: i32, n: i32) -> Result<()> {
+    let c = src.database("app").collection::<Document>("churn");
+    for chunk in (from..from + n).collect::<Vec<_>>().chunks(200) {
+        c.insert_many(
+            chunk
+                .iter()
+                .map(|i| doc! {"_id": *i, "pad": "y".repeat(1000)})
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_cap_fails_the_task_with_the_reason() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    seed(&p.src, 2000).await?;
+    let mut config = p.config(&["app"]);
+    config.tuning.spool_cap_bytes = 100_000;
+    config.tuning.copy_workers = 1;
+    config.tuning.docs_per_range = 100;
+    p.dest
+        .faults()
+        .delay_replies(Some(Duration::from_millis(20)));
+    let run = start(config, None);
+    run.wait_for("copy started", Duration::from_secs(30), |s| {
+        s.phases.contains(&Phase::DataSync)
+    })
+    .await?;
+    churn(&p.src, 0, 400).await?;
+    let err = run
+        .finish(Duration::from_secs(60))
+        .await?
+        .expect_err("must fail");
+    assert!(matches!(err, EngineError::SpoolFull { .. }), "{err}");
+    assert!(!err.resumable());
+    assert!(err.to_string().contains("spool_cap_bytes"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_point_rolled_off_the_source_oplog_fails_clearly() -> Result<()> {
+    init_tracing();
+    let p = pair_with_oplog(256 << 10).await?;
+    seed(&p.src, 1000).await?;
+    let mut config = p.config(&["app"]);
+    config.tuning.copy_workers = 1;
+    config.tuning.docs_per_range = 100;
+    p.dest
+        .faults()
+        .delay_replies(Some(Duration::from_millis(20)));
+    let run = start(config.clone(), None);
+    run.wait_for("a range done", Duration::from_secs(30), |s| {
+        s.checkpoints.len() >= 3
+    })
+    .await?;
+    run.control.stop();
+    let cp = run.last_checkpoint().expect("checkpoint");
+    let _ = run.finish(Duration::from_secs(30)).await?;
+    p.dest.faults().clear();
+    // While the agent is down the source writes far more than its 256 KiB oplog holds.
+    churn(&p.src, 0, 1000).await?;
+    let run = start(config, Some(cp));
+    let err = run
+        .finish(Duration::from_secs(60))
+        .await?
+        .expect_err("must fail");
+    assert!(matches!(err, EngineError::OplogRolledOver { .. }), "{err}");
+    assert!(err.to_string().contains("oplog"), "{err}");
+    assert!(!err.resumable());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_then_rollback_drops_exactly_what_the_task_created() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    seed(&p.src, 500).await?;
+    p.src
+        .database("app")
+        .collection::<Document>("shared")
+        .insert_one(doc! {"_id": 1})
+        .await?;
+    p.src
+        .database("app")
+        .run_command(doc! {"create": "v", "viewOn": "items", "pipeline": []})
+        .await?;
+    // Pre-existing on the destination: must survive.
+    p.dst
+        .database("app")
+        .collection::<Document>("shared")
+        .insert_one(doc! {"_id": 1})
+        .await?;
+    p.dst
+        .database("keep")
+        .collection::<Document>("me")
+        .insert_one(doc! {"_id": 1})
+        .await?;
+    let config = p.config(&["app"]);
+    let run = start(config.clone(), None);
+    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    // A collection created on the source during OPLOG_SYNC is created (and later rolled back) too.
+    p.src
+        .database("app")
+        .collection::<Document>("later")
+        .insert_one(doc! {"_id": 1})
+        .await?;
+    run.wait_for("later created", Duration::from_secs(30), |s| {
+        s.checkpoints
+            .last()
+            .is_some_and(|c| String::from_utf8_lossy(&c.engine_state).contains("app.later"))
+    })
+    .await?;
+    run.control.stop();
+    let cp = run.last_checkpoint();
+    assert!(matches!(
+        run.finish(Duration::from_secs(30)).await??,
+        Outcome::Stopped
+    ));
+    let mut dropped = rollback(&config, cp.as_ref()).await?;
+    dropped.sort();
+    assert_eq!(dropped, vec!["app.items", "app.later", "app.v"]);
+    let names = p.dst.database("app").list_collection_names().await?;
+    assert_eq!(names, vec!["shared".to_string()]);
+    assert_eq!(
+        p.dst.database("keep").list_collection_names().await?,
+        vec!["me".to_string()]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cuts_on_both_sides_recover() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    seed(&p.src, 3000).await?;
+    let mut config = p.config(&["app"]);
+    config.tuning.docs_per_range = 200;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let src = p.src.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let c = src.database("app").collection::<Document>("items");
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                c.update_one(doc! {"_id": i % 3000}, doc! {"$set": {"w": i}})
+                    .await?;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            anyhow::Ok(i)
+        })
+    };
+    // Destination cut during the copy: every insert closes the connection for a while.
+    p.dest.faults().close_on_command("insert", None);
+    let run = start(config, None);
+    run.wait_for("copy started", Duration::from_secs(30), |s| {
+        s.phases.contains(&Phase::DataSync)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.dest.faults().clear();
+    run.wait_for("oplog sync", Duration::from_secs(60), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    // Source cut during OPLOG_SYNC: the oplog tail and every read fail for a while.
+    p.source.faults().close_on_command("getMore", None);
+    p.source.faults().close_on_command("find", None);
+    p.source.faults().drop_connections();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.source.faults().clear();
+    stop.store(true, Ordering::SeqCst);
+    writer.await??;
+    run.control.request_complete();
+    let out = run.finish(Duration::from_secs(60)).await??;
+    assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    assert_equal(&p, &["app"]).await?;
+    Ok(())
+}

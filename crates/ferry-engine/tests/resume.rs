@@ -1,0 +1,154 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: panics are assertions
+//! Crash and resume: the engine is stopped mid DATA_SYNC and mid OPLOG_SYNC (as a killed agent would
+//! be) and a new run continues from the last `Checkpoint` event; the final state still equals the source.
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use ferry_engine::{Outcome, Phase};
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+
+async fn seed(src: &Client, n: i32) -> Result<()> {
+    let c = src.database("app").collection::<Document>("items");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        c.insert_many(
+            chunk
+                .iter()
+                .map(|i| doc! {"_id": *i, "v": *i, "pad": "x".repeat(200)})
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    }
+    src.database("app")
+        .collection::<Document>("small")
+        .insert_one(doc! {"_id": "a", "v": 1})
+        .await?;
+    Ok(())
+}
+
+fn spawn_writer(
+    src: Client,
+    stop: Arc<AtomicBool>,
+    base: i32,
+) -> tokio::task::JoinHandle<Result<i32>> {
+    tokio::spawn(async move {
+        let c = src.database("app").collection::<Document>("items");
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) {
+            c.insert_one(doc! {"_id": base + i, "v": -1}).await?;
+            c.update_one(
+                doc! {"_id": i % 3000},
+                doc! {"$inc": {"v": 1}, "$set": {"w": i}},
+            )
+            .await?;
+            c.delete_one(doc! {"_id": (i * 7) % 3000 + 1}).await?;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(i)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_crash_in_data_sync_and_in_oplog_sync() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    seed(&p.src, 3000).await?;
+    let mut config = p.config(&["app"]);
+    config.tuning.docs_per_range = 150;
+    config.tuning.copy_workers = 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(p.src.clone(), stop.clone(), 100_000);
+
+    // Slow the destination so DATA_SYNC can be interrupted after a few ranges.
+    p.dest
+        .faults()
+        .delay_replies(Some(Duration::from_millis(15)));
+    let run = start(config.clone(), None);
+    run.wait_for("a few ranges done", Duration::from_secs(60), |s| {
+        s.checkpoints
+            .iter()
+            .filter(|c| c.phase == Phase::DataSync)
+            .count()
+            >= 6
+    })
+    .await?;
+    run.control.stop();
+    let cp = run.last_checkpoint().expect("checkpoint");
+    assert!(matches!(
+        run.finish(Duration::from_secs(30)).await??,
+        Outcome::Stopped
+    ));
+    assert_eq!(cp.phase, Phase::DataSync);
+    let state = String::from_utf8_lossy(&cp.engine_state).to_string();
+    let done_before = state.matches("\"done\":true").count();
+    let total_ranges = state.matches("\"done\":").count();
+    assert!(
+        done_before >= 1 && total_ranges > done_before,
+        "{done_before}/{total_ranges}"
+    );
+    p.dest.faults().clear();
+
+    // Second run: resumes DATA_SYNC, then is "killed" in OPLOG_SYNC.
+    let run = start(config.clone(), Some(cp));
+    run.wait_for("oplog sync", Duration::from_secs(60), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    {
+        let s = run.seen.lock().unwrap();
+        assert!(!s.phases.is_empty() && s.phases[0] == Phase::DataSync);
+        // Only unfinished ranges are copied again: one checkpoint per re-copied range, plus one
+        // after collection creation.
+        let again = s
+            .checkpoints
+            .iter()
+            .filter(|c| c.phase == Phase::DataSync)
+            .count();
+        assert!(
+            again <= 1 + total_ranges - done_before,
+            "{again} DataSync checkpoints, {done_before} of {total_ranges} ranges were done"
+        );
+    }
+    run.wait_for("oplog checkpoint", Duration::from_secs(30), |s| {
+        s.checkpoints
+            .iter()
+            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
+    })
+    .await?;
+    run.control.stop();
+    let seen_handle = run.seen.clone();
+    assert!(matches!(
+        run.finish(Duration::from_secs(30)).await??,
+        Outcome::Stopped
+    ));
+    let seen = seen_handle.lock().unwrap().checkpoints.clone();
+    let cp = seen
+        .iter()
+        .rev()
+        .find(|c| c.phase == Phase::OplogSync)
+        .cloned()
+        .expect("oplog checkpoint");
+
+    // Third run: resumes OPLOG_SYNC from last_applied while the writer keeps going, then cuts over.
+    let run = start(config, Some(cp));
+    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    assert_eq!(run.seen.lock().unwrap().phases, vec![Phase::OplogSync]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.await??;
+    assert!(rounds > 10);
+    run.control.request_complete();
+    let out = run.finish(Duration::from_secs(60)).await??;
+    assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    assert_equal(&p, &["app"]).await?;
+    Ok(())
+}
