@@ -71,6 +71,11 @@ pub struct AgentConfig {
     pub metadata_timeout: Duration,
     /// Timeout of the TCP/TLS connection to the coordinator.
     pub connect_timeout: Duration,
+    /// Copy rate (bytes/s) the `oplog_window` check assumes when the coordinator gives none; `None` = the checks'
+    /// default. Set it from a measured migration of this host to make the check's estimate honest.
+    pub estimated_copy_rate: Option<u64>,
+    /// Cap of the on-disk oplog spool of one task (bytes); reaching it fails the task with that reason.
+    pub spool_cap: u64,
 }
 
 impl AgentConfig {
@@ -88,6 +93,8 @@ impl AgentConfig {
             reconnect_max: Duration::from_secs(30),
             metadata_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
+            estimated_copy_rate: None,
+            spool_cap: ferry_engine::Tuning::default().spool_cap_bytes,
         }
     }
 
@@ -165,6 +172,36 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Copy rate per second assumed by the oplog-window check, e.g. "16MiB" (default: the checks' 16 MiB/s).
+    #[arg(long, value_parser = parse_size)]
+    pub estimated_copy_rate: Option<u64>,
+    /// Cap of each task's on-disk oplog spool, e.g. "8GiB" (default 8 GiB).
+    #[arg(long, value_parser = parse_size)]
+    pub spool_cap: Option<u64>,
+}
+
+/// Parses a size such as `1048576`, `512KiB`, `16MiB`, `8GiB`, `10MB` (decimal units) into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: write a whole number with an optional unit, e.g. 16MiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    number
+        .checked_mul(factor)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{text:?} must be more than 0 and less than 16 EiB"))
 }
 
 /// The TOML config file (`--config`); every field is optional and flags override it.
@@ -193,6 +230,10 @@ pub struct FileConfig {
     /// Reconnect delay ceiling, e.g. "30s".
     #[serde(default, with = "humantime_serde")]
     pub reconnect_max: Option<Duration>,
+    /// Copy rate per second assumed by the oplog-window check, e.g. "16MiB".
+    pub estimated_copy_rate: Option<String>,
+    /// Cap of each task's on-disk oplog spool, e.g. "8GiB".
+    pub spool_cap: Option<String>,
 }
 
 impl FileConfig {
@@ -252,6 +293,21 @@ impl Args {
         if let Some(d) = file.reconnect_max {
             config.reconnect_max = d;
         }
+        let file_size = |value: Option<String>, field: &str| -> Result<Option<u64>, AgentError> {
+            value
+                .map(|v| parse_size(&v).map_err(|e| AgentError::Config(format!("{field}: {e}"))))
+                .transpose()
+        };
+        config.estimated_copy_rate = match self.estimated_copy_rate {
+            Some(rate) => Some(rate),
+            None => file_size(file.estimated_copy_rate, "estimated_copy_rate")?,
+        };
+        if let Some(cap) = match self.spool_cap {
+            Some(cap) => Some(cap),
+            None => file_size(file.spool_cap, "spool_cap")?,
+        } {
+            config.spool_cap = cap;
+        }
         config.validate()?;
         Ok((
             config,
@@ -281,6 +337,17 @@ mod tests {
         assert_eq!(file.log_format, Some(LogFormat::Json));
         assert_eq!(file.reconnect_max, Some(Duration::from_secs(30)));
         assert_eq!(file.metadata_url.as_deref(), Some(DEFAULT_METADATA_URL));
+    }
+
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_say_why() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("lots").unwrap_err().contains("e.g. 16MiB"));
     }
 
     #[test]

@@ -211,14 +211,7 @@ pub(crate) fn check_input(
             password: destination.password.clone(),
         },
         destination_region: destination.region.clone(),
-        identity: ferry_checks::LocalIdentity {
-            metadata_instance_id: identity.metadata.instance_id.clone(),
-            metadata_region: identity.metadata.region.clone(),
-            metadata_local_ipv4: identity.metadata.local_ipv4.clone(),
-            interface_ips: identity.interface_ips.clone(),
-            uptime_seconds: identity.uptime_seconds,
-            metadata_error: identity.metadata.error.clone(),
-        },
+        identity: local_identity(identity),
         copy_rate_bytes_per_second: options.copy_rate_bytes_per_second,
         item_timeout: if options.item_timeout_ms == 0 {
             ferry_checks::DEFAULT_ITEM_TIMEOUT
@@ -226,6 +219,18 @@ pub(crate) fn check_input(
             std::time::Duration::from_millis(u64::from(options.item_timeout_ms))
         },
     })
+}
+
+/// What the checks need to know about this host.
+pub(crate) fn local_identity(identity: &crate::identity::HostIdentity) -> ferry_checks::LocalIdentity {
+    ferry_checks::LocalIdentity {
+        metadata_instance_id: identity.metadata.instance_id.clone(),
+        metadata_region: identity.metadata.region.clone(),
+        metadata_local_ipv4: identity.metadata.local_ipv4.clone(),
+        interface_ips: identity.interface_ips.clone(),
+        uptime_seconds: identity.uptime_seconds,
+        metadata_error: identity.metadata.error.clone(),
+    }
 }
 
 pub(crate) fn check_item_to_pb(item: &ferry_checks::CheckItem) -> pb::CheckItem {

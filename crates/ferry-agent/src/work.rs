@@ -43,10 +43,13 @@ impl Control {
 }
 
 pub(crate) fn run_checks(runner: &TaskRunner, task_id: String, epoch: u64, command: RunChecks) {
-    let input = match convert::check_input(&command, &runner.identity()) {
+    let mut input = match convert::check_input(&command, &runner.identity()) {
         Ok(input) => input,
         Err(error) => return runner.reply_error(task_id, epoch, "run_checks", error.to_string()),
     };
+    if input.copy_rate_bytes_per_second == 0 {
+        input.copy_rate_bytes_per_second = runner.inner.config.estimated_copy_rate.unwrap_or(0);
+    }
     let Some(registered) = register(runner, &task_id, epoch, WorkKind::Checks, None) else {
         return runner.reply_error(
             task_id,
@@ -65,6 +68,11 @@ pub(crate) fn run_checks(runner: &TaskRunner, task_id: String, epoch: u64, comma
     let runner_handle = runner.clone();
     runner.inner.tracker.spawn(
         async move {
+            // Read the metadata service again: the checks report what the host says now, not at connect time.
+            let config = &runner_handle.inner.config;
+            let fresh = crate::identity::gather(&config.metadata_url, config.metadata_timeout).await;
+            input.identity = convert::local_identity(&fresh);
+            runner_handle.set_identity(fresh);
             let (items_tx, mut items_rx) = mpsc::channel(32);
             let checks = ferry_checks::run_checks(input, items_tx);
             tokio::pin!(checks);
@@ -405,7 +413,10 @@ fn migration_config(
         destination: convert::engine_destination(destination)?,
         databases: spec.map(|s| s.databases.clone()).unwrap_or_default(),
         spool_dir: runner.inner.config.spool_dir(safe_id),
-        tuning: ferry_engine::Tuning::default(),
+        tuning: ferry_engine::Tuning {
+            spool_cap_bytes: runner.inner.config.spool_cap,
+            ..ferry_engine::Tuning::default()
+        },
     })
 }
 

@@ -525,7 +525,11 @@ impl Store {
                 }
                 if let Some(existing) = c.indexes.iter().find(|i| i.key == idx.key) {
                     if same_options(&existing.spec, &idx.spec) {
-                        continue;
+                        // Same key and options under another name: the server refuses (IndexOptionsConflict).
+                        return Err(CommandError::new(
+                            85,
+                            format!("Index already exists with a different name: {}", existing.name),
+                        ));
                     }
                     return Err(CommandError::new(85, format!(
                         "An equivalent index already exists with a different name and options. Requested index: {}, existing index: {}",

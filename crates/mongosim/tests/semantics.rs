@@ -577,3 +577,26 @@ async fn injected_retryable_write_errors_are_labelled_and_retried_by_the_driver(
     assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_index_with_the_same_key_under_another_name_is_refused_with_85() {
+    let sim = MongoSim::builder().start().await.unwrap();
+    let c = client(&sim.uri()).await;
+    let db = c.database("t");
+    db.run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_first"}]})
+        .await
+        .unwrap();
+    // The same request again is a no-op, as on a real server.
+    let again = db
+        .run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_first"}]})
+        .await
+        .unwrap();
+    assert_eq!(again.get_str("note").ok(), Some("all indexes already exist"));
+    let err = db
+        .run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_second"}]})
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("85") && text.contains("Index already exists with a different name: a_first"), "{text}");
+    sim.shutdown().await;
+}
