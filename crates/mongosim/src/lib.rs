@@ -21,6 +21,7 @@ pub mod diff;
 pub mod error;
 pub mod faults;
 pub mod filter;
+pub mod idplan;
 pub mod index;
 pub mod oplog;
 mod rawbuf;

@@ -102,6 +102,13 @@ impl Shared {
         self.config.replset.is_some()
     }
 
+    /// Counts `n` operations in `opcounters`.
+    pub fn count_ops(&self, idx: usize, n: u64) {
+        if let Some(c) = self.opcounters.get(idx) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Counts an operation in `opcounters`.
     pub fn count_op(&self, idx: usize) {
         if let Some(c) = self.opcounters.get(idx) {
@@ -178,13 +185,15 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, conn_id: i32) -> Res
         let request = match wire::parse(&header, &payload) {
             Ok(r) => r,
             Err(WireError::Reply(e)) => {
-                let body = finish_reply(&shared, Reply::Doc(e.to_document()), None);
                 next_request_id = next_request_id.wrapping_add(1);
-                let bytes = if header.op_code == wire::OP_QUERY {
-                    wire::encode_reply(next_request_id, header.request_id, &body)
-                } else {
-                    wire::encode_msg(next_request_id, header.request_id, &body)
-                };
+                let legacy = header.op_code == wire::OP_QUERY;
+                let bytes = framed_reply(
+                    &shared,
+                    Reply::Doc(e.to_document()),
+                    legacy,
+                    next_request_id,
+                    header.request_id,
+                );
                 writer.write_all(&bytes).await?;
                 writer.flush().await?;
                 continue;
@@ -252,13 +261,8 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, conn_id: i32) -> Res
         if more_to_come {
             continue;
         }
-        let body = finish_reply(&shared, reply, Some(&state));
         next_request_id = next_request_id.wrapping_add(1);
-        let bytes = if legacy {
-            wire::encode_reply(next_request_id, header.request_id, &body)
-        } else {
-            wire::encode_msg(next_request_id, header.request_id, &body)
-        };
+        let bytes = framed_reply(&shared, reply, legacy, next_request_id, header.request_id);
         writer.write_all(&bytes).await?;
         writer.flush().await?;
     }
@@ -288,10 +292,37 @@ fn error_reply(shared: &Shared, e: &CommandError, retryable_write: bool) -> bson
     d
 }
 
-/// Serialises a reply and appends `$clusterTime`/`operationTime` on replica sets.
-fn finish_reply(shared: &Shared, reply: Reply, _state: Option<&ConnState>) -> Vec<u8> {
+/// The whole reply message (OP_REPLY when `legacy`, else OP_MSG), built in one buffer.
+fn framed_reply(
+    shared: &Shared,
+    reply: Reply,
+    legacy: bool,
+    request_id: i32,
+    response_to: i32,
+) -> Vec<u8> {
+    let prefix = if legacy {
+        wire::REPLY_PREFIX
+    } else {
+        wire::MSG_PREFIX
+    };
+    let mut bytes = finish_reply(shared, reply, prefix);
+    if legacy {
+        wire::frame_reply(&mut bytes, request_id, response_to);
+    } else {
+        wire::frame_msg(&mut bytes, request_id, response_to);
+    }
+    bytes
+}
+
+/// Serialises a reply after `prefix` header bytes and appends `$clusterTime`/`operationTime`
+/// on replica sets. Cursor batches are written in place: each stored document is copied once.
+fn finish_reply(shared: &Shared, reply: Reply, prefix: usize) -> Vec<u8> {
     let optime = shared.with_store(|s| s.optime());
-    let mut w = RawWriter::with_capacity(256);
+    let cap = match &reply {
+        Reply::Cursor(c) => c.bytes + c.docs.len() * 8 + 512,
+        Reply::Doc(_) => 512,
+    };
+    let mut w = RawWriter::with_prefix(prefix, cap);
     match reply {
         Reply::Doc(d) => {
             let mut d = d;
@@ -301,18 +332,18 @@ fn finish_reply(shared: &Shared, reply: Reply, _state: Option<&ConnState>) -> Ve
             w.extend_doc(&d);
         }
         Reply::Cursor(c) => {
-            let mut cur = RawWriter::with_capacity(c.bytes + 128);
-            cur.i64("id", c.id);
-            cur.str("ns", &c.ns);
-            let mut arr = RawWriter::with_capacity(c.bytes + 64);
+            let cur = w.begin_sub(0x03, "cursor");
+            w.i64("id", c.id);
+            w.str("ns", &c.ns);
+            let arr = w.begin_sub(0x04, if c.first { "firstBatch" } else { "nextBatch" });
             for (i, d) in c.docs.iter().enumerate() {
-                arr.doc_bytes(&i.to_string(), d.as_bytes());
+                w.indexed_doc_bytes(i, d.as_bytes());
             }
-            cur.array(if c.first { "firstBatch" } else { "nextBatch" }, arr);
+            w.end_sub(arr);
             if let Some(extra) = &c.extra {
-                cur.extend_doc(extra);
+                w.extend_doc(extra);
             }
-            w.sub("cursor", cur);
+            w.end_sub(cur);
             w.value("ok", &Bson::Double(1.0));
         }
     }

@@ -152,12 +152,22 @@ impl Store {
     }
 
     fn append_entry(&mut self, build: impl FnOnce(&mut RawWriter), ts: Timestamp) {
+        self.append_entry_sized(256, build, ts);
+    }
+
+    /// Like `append_entry`, with room for `cap` bytes (large `o` documents).
+    fn append_entry_sized(
+        &mut self,
+        cap: usize,
+        build: impl FnOnce(&mut RawWriter),
+        ts: Timestamp,
+    ) {
         let wall = now_ms();
         self.last_write_ms = wall;
         let Some(oplog) = self.oplog.as_mut() else {
             return;
         };
-        let mut w = RawWriter::with_capacity(256);
+        let mut w = RawWriter::with_capacity(cap);
         build(&mut w);
         w.value("ts", &Bson::Timestamp(ts));
         w.value("t", &Bson::Int64(TERM));
@@ -258,24 +268,31 @@ impl Store {
     }
 
     /// Inserts one document (adding an `_id` when missing), enforcing unique indexes.
+    ///
+    /// The raw bytes go into the store and the oplog entry as they are; the document is only
+    /// decoded when the collection has a secondary unique index.
     pub fn insert(&mut self, db: &str, coll: &str, raw: RawDocumentBuf) -> CmdResult<()> {
         self.ensure_collection(db, coll)?;
         let raw = ensure_id(raw)?;
-        let decoded_needed = self
-            .coll(db, coll)
-            .is_some_and(|c| c.indexes.iter().any(|i| i.unique && !i.is_id()));
         let id = raw_id(&raw)?;
-        let ns = format!("{db}.{coll}");
-        let Some(c) = self.coll_mut(db, coll) else {
+        let Some(c) = self.dbs.get_mut(db).and_then(|d| d.get_mut(coll)) else {
             return Err(CommandError::ns_not_found("ns not found"));
         };
-        let key = OrdBson(id.clone());
-        if c.docs.contains_key(&key) {
-            if let Some(idx) = c.indexes.iter().find(|i| i.is_id()) {
-                return Err(idx.dup_error(&ns, &[OrdBson(id)]));
+        let slot = match c.docs.entry(OrdBson(id.clone())) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                let ns = format!("{db}.{coll}");
+                return Err(match c.indexes.iter().find(|i| i.is_id()) {
+                    Some(idx) => idx.dup_error(&ns, &[OrdBson(id)]),
+                    None => CommandError::new(
+                        11000,
+                        format!("E11000 duplicate key error collection: {ns}"),
+                    ),
+                });
             }
-        }
-        if decoded_needed {
+            std::collections::btree_map::Entry::Vacant(v) => v,
+        };
+        if c.indexes.iter().any(|i| i.unique && !i.is_id()) {
+            let ns = format!("{db}.{coll}");
             let d = Document::try_from(raw.as_ref())
                 .map_err(|e| CommandError::new(22, e.to_string()))?;
             let mut keys = Vec::new();
@@ -291,21 +308,30 @@ impl Store {
                 }
             }
             for (i, k) in keys {
-                c.indexes[i].entries.insert(k, key.clone());
+                c.indexes[i].entries.insert(k, slot.key().clone());
             }
         }
-        c.data_bytes += raw.as_bytes().len();
+        let size = raw.as_bytes().len();
+        c.data_bytes += size;
         let ui = c.uuid;
         let raw = Arc::new(raw);
-        c.docs.insert(key, raw.clone());
+        slot.insert(raw.clone());
+        if self.oplog.is_none() {
+            self.clock.tick();
+            self.last_write_ms = now_ms();
+            return Ok(());
+        }
         let ts = self.clock.tick();
-        self.append_entry(
+        self.append_entry_sized(
+            size + db.len() + coll.len() + 192,
             |w| {
                 w.str("op", "i");
-                w.str("ns", &ns);
+                w.ns("ns", db, coll);
                 w.value("ui", &Bson::from(ui));
                 w.doc_bytes("o", raw.as_bytes());
-                w.value("o2", &Bson::Document(doc! {"_id": id}));
+                let o2 = w.begin_sub(0x03, "o2");
+                w.value("_id", &id);
+                w.end_sub(o2);
             },
             ts,
         );
@@ -318,7 +344,7 @@ impl Store {
         db: &str,
         coll: &str,
         pre: &Document,
-        post: Document,
+        post: &Document,
         o: Document,
     ) -> CmdResult<()> {
         let ns = format!("{db}.{coll}");
@@ -333,7 +359,7 @@ impl Store {
                 continue;
             }
             let old = idx.key_of(pre);
-            let new = idx.key_of(&post);
+            let new = idx.key_of(post);
             if old == new {
                 continue;
             }
@@ -353,17 +379,18 @@ impl Store {
             }
         }
         let raw =
-            RawDocumentBuf::try_from(&post).map_err(|e| CommandError::new(22, e.to_string()))?;
-        if raw.as_bytes().len() > crate::wire::MAX_BSON_OBJECT_SIZE {
+            RawDocumentBuf::try_from(post).map_err(|e| CommandError::new(22, e.to_string()))?;
+        let size = raw.as_bytes().len();
+        if size > crate::wire::MAX_BSON_OBJECT_SIZE {
             return Err(CommandError::new(
                 17419,
                 "Resulting document after update is larger than 16777216",
             ));
         }
-        if let Some(old) = c.docs.insert(key, Arc::new(raw.clone())) {
+        if let Some(old) = c.docs.insert(key, Arc::new(raw)) {
             c.data_bytes -= old.as_bytes().len();
         }
-        c.data_bytes += raw.as_bytes().len();
+        c.data_bytes += size;
         let ui = c.uuid;
         let ts = self.clock.tick();
         self.append_entry(
@@ -528,7 +555,10 @@ impl Store {
                         // Same key and options under another name: the server refuses (IndexOptionsConflict).
                         return Err(CommandError::new(
                             85,
-                            format!("Index already exists with a different name: {}", existing.name),
+                            format!(
+                                "Index already exists with a different name: {}",
+                                existing.name
+                            ),
                         ));
                     }
                     return Err(CommandError::new(85, format!(

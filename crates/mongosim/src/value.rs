@@ -57,6 +57,12 @@ fn cmp_numbers(a: &Bson, b: &Bson) -> Ordering {
         (Bson::Int64(x), Bson::Int64(y)) => x.cmp(y),
         (Bson::Int32(x), Bson::Int64(y)) => i64::from(*x).cmp(y),
         (Bson::Int64(x), Bson::Int32(y)) => x.cmp(&i64::from(*y)),
+        // Integers against doubles compare exactly (not through a lossy i64 -> f64 cast), so
+        // the order stays total and transitive for the `_id`-keyed map.
+        (Bson::Int32(x), Bson::Double(y)) => cmp_int_double(i64::from(*x), *y),
+        (Bson::Int64(x), Bson::Double(y)) => cmp_int_double(*x, *y),
+        (Bson::Double(x), Bson::Int32(y)) => cmp_int_double(i64::from(*y), *x).reverse(),
+        (Bson::Double(x), Bson::Int64(y)) => cmp_int_double(*y, *x).reverse(),
         _ => {
             let x = as_f64(a).unwrap_or(f64::NAN);
             let y = as_f64(b).unwrap_or(f64::NAN);
@@ -69,6 +75,23 @@ fn cmp_numbers(a: &Bson, b: &Bson) -> Ordering {
             }
         }
     }
+}
+
+/// Exact comparison of an integer with a double (NaN sorts before every number).
+fn cmp_int_double(i: i64, d: f64) -> Ordering {
+    if d.is_nan() {
+        return Ordering::Greater;
+    }
+    // 2^63: every i64 is below it; below -2^63 every i64 is above.
+    if d >= 9_223_372_036_854_775_808.0 {
+        return Ordering::Less;
+    }
+    if d < -9_223_372_036_854_775_808.0 {
+        return Ordering::Greater;
+    }
+    let t = d.trunc();
+    i.cmp(&(t as i64))
+        .then_with(|| 0.0f64.partial_cmp(&(d - t)).unwrap_or(Ordering::Equal))
 }
 
 fn str_of(v: &Bson) -> &str {

@@ -108,16 +108,18 @@ pub async fn read_message<R: AsyncRead + Unpin>(
             "recv(): message msgLen {length} is invalid. Min 16 Max: {MAX_MESSAGE_SIZE}"
         )));
     }
-    let mut rest = vec![0u8; length as usize - 4];
-    r.read_exact(&mut rest).await?;
-    let field = |i: usize| i32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head).await?;
+    let field = |i: usize| i32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
     let header = Header {
         length,
         request_id: field(0),
         response_to: field(4),
         op_code: field(8),
     };
-    let payload = rest.split_off(12);
+    // The payload is read into its own buffer (no copy of a large insert batch afterwards).
+    let mut payload = vec![0u8; length as usize - 16];
+    r.read_exact(&mut payload).await?;
     Ok(Some((header, payload)))
 }
 
@@ -326,6 +328,35 @@ fn finish(mut out: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Bytes before the body of an OP_MSG reply (header, flags, section kind).
+pub const MSG_PREFIX: usize = 21;
+/// Bytes before the document of an OP_REPLY.
+pub const REPLY_PREFIX: usize = 36;
+
+/// Fills in the OP_MSG header of `buf`, whose body starts at [`MSG_PREFIX`].
+pub fn frame_msg(buf: &mut [u8], request_id: i32, response_to: i32) {
+    let len = buf.len() as i32;
+    buf[0..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&request_id.to_le_bytes());
+    buf[8..12].copy_from_slice(&response_to.to_le_bytes());
+    buf[12..16].copy_from_slice(&OP_MSG.to_le_bytes());
+    buf[16..20].copy_from_slice(&0u32.to_le_bytes());
+    buf[20] = 0;
+}
+
+/// Fills in the OP_REPLY header of `buf`, whose document starts at [`REPLY_PREFIX`].
+pub fn frame_reply(buf: &mut [u8], request_id: i32, response_to: i32) {
+    let len = buf.len() as i32;
+    buf[0..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&request_id.to_le_bytes());
+    buf[8..12].copy_from_slice(&response_to.to_le_bytes());
+    buf[12..16].copy_from_slice(&OP_REPLY.to_le_bytes());
+    buf[16..20].copy_from_slice(&8i32.to_le_bytes());
+    buf[20..28].copy_from_slice(&0i64.to_le_bytes());
+    buf[28..32].copy_from_slice(&0i32.to_le_bytes());
+    buf[32..36].copy_from_slice(&1i32.to_le_bytes());
+}
+
 /// Encodes an OP_MSG reply with a single body section.
 pub fn encode_msg(request_id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 21);
@@ -407,6 +438,19 @@ mod tests {
             p.extend_from_slice(&body);
             let _ = parse_msg(&p);
         }
+    }
+
+    #[test]
+    fn in_place_framing_matches_encoders() {
+        let body = doc! {"ok": 1.0}.to_vec().unwrap();
+        let mut m = vec![0u8; MSG_PREFIX];
+        m.extend_from_slice(&body);
+        frame_msg(&mut m, 7, 3);
+        assert_eq!(m, encode_msg(7, 3, &body));
+        let mut r = vec![0u8; REPLY_PREFIX];
+        r.extend_from_slice(&body);
+        frame_reply(&mut r, 7, 3);
+        assert_eq!(r, encode_reply(7, 3, &body));
     }
 
     #[test]

@@ -591,12 +591,119 @@ async fn an_index_with_the_same_key_under_another_name_is_refused_with_85() {
         .run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_first"}]})
         .await
         .unwrap();
-    assert_eq!(again.get_str("note").ok(), Some("all indexes already exist"));
+    assert_eq!(
+        again.get_str("note").ok(),
+        Some("all indexes already exist")
+    );
     let err = db
-        .run_command(doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_second"}]})
+        .run_command(
+            doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_second"}]},
+        )
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("85") && text.contains("Index already exists with a different name: a_first"), "{text}");
+    assert!(
+        text.contains("85") && text.contains("Index already exists with a different name: a_first"),
+        "{text}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn id_lookups_ranges_and_sample_through_the_driver() {
+    let sim = MongoSim::builder().start().await.unwrap();
+    let c = client(&sim.uri()).await;
+    let coll = c.database("app").collection::<Document>("ids");
+    let docs: Vec<Document> = vec![
+        doc! {"_id": 1i64, "k": "long"},
+        doc! {"_id": 2, "k": "int"},
+        doc! {"_id": 2.5, "k": "double"},
+        doc! {"_id": "2", "k": "string"},
+        doc! {"_id": {"a": 1}, "k": "doc"},
+        doc! {"_id": Bson::Null, "k": "null"},
+    ];
+    coll.insert_many(docs).await.unwrap();
+    let ids = |filter: Document| {
+        let coll = coll.clone();
+        async move {
+            coll.find(filter)
+                .await
+                .unwrap()
+                .try_collect::<Vec<Document>>()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.get_str("k").unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids(doc! {"_id": 1.0}).await, ["long"]);
+    assert_eq!(ids(doc! {"_id": {"$eq": 1i32}}).await, ["long"]);
+    assert_eq!(ids(doc! {"_id": {"a": 1}}).await, ["doc"]);
+    assert_eq!(
+        ids(doc! {"_id": {"$in": [2.0, 2i64, "2", 1, 9, null]}}).await,
+        ["null", "long", "int", "string"]
+    );
+    assert_eq!(
+        ids(doc! {"$nor": [{"_id": {"$gte": 2}}]}).await,
+        ["null", "long", "string", "doc"]
+    );
+    assert_eq!(
+        ids(doc! {"_id": {"$gt": 1, "$lte": 2.5}}).await,
+        ["int", "double"]
+    );
+    let r = coll
+        .update_one(doc! {"_id": 2.0}, doc! {"$set": {"x": 1}})
+        .await
+        .unwrap();
+    assert_eq!((r.matched_count, r.modified_count), (1, 1));
+    let r = coll
+        .delete_many(doc! {"_id": {"$in": [1, 1.0, 2.5]}})
+        .await
+        .unwrap();
+    assert_eq!(r.deleted_count, 2);
+    assert_eq!(
+        coll.count_documents(doc! {"_id": {"$in": [2, "2"]}})
+            .await
+            .unwrap(),
+        2
+    );
+
+    let many = c.database("app").collection::<Document>("many");
+    let docs: Vec<Document> = (0..500).map(|i| doc! {"_id": i, "v": i * 2}).collect();
+    many.insert_many(docs).await.unwrap();
+    let sample: Vec<Document> = many
+        .aggregate(vec![doc! {"$sample": {"size": 50}}])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut seen: Vec<i32> = sample.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    for d in &sample {
+        assert_eq!(d.get_i32("v").unwrap(), d.get_i32("_id").unwrap() * 2);
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 50);
+    let all: Vec<Document> = many
+        .aggregate(vec![doc! {"$sample": {"size": 1000}}, doc! {"$count": "n"}])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all, vec![doc! {"n": 500}]);
+    let matched: Vec<Document> = many
+        .aggregate(vec![
+            doc! {"$match": {"_id": {"$in": [7, 3, 3, 600]}}},
+            doc! {"$project": {"v": 1, "_id": 0}},
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(matched, vec![doc! {"v": 6}, doc! {"v": 14}]);
     sim.shutdown().await;
 }

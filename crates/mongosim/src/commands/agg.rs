@@ -156,6 +156,18 @@ fn bucket_auto(mut docs: Vec<Document>, spec: &Document) -> CmdResult<Vec<Docume
     Ok(out)
 }
 
+/// `n` distinct documents in random order, chosen by position (nothing is decoded).
+fn pick_random(all: Vec<&Arc<RawDocumentBuf>>, n: usize) -> Vec<Arc<RawDocumentBuf>> {
+    let mut rng = rand::thread_rng();
+    let mut out: Vec<Arc<RawDocumentBuf>> =
+        rand::seq::index::sample(&mut rng, all.len(), n.min(all.len()))
+            .into_iter()
+            .map(|i| all[i].clone())
+            .collect();
+    out.shuffle(&mut rng);
+    out
+}
+
 /// `aggregate`.
 pub fn aggregate(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult<Reply> {
     let pipeline: Vec<Document> = cmd
@@ -197,7 +209,7 @@ pub fn aggregate(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult
     };
     let mut docs: Vec<Document> = Vec::new();
     let mut stages = pipeline.iter().peekable();
-    if let Some(first) = stages.peek() {
+    if let Some(&first) = stages.peek() {
         if let Ok(spec) = first.get_document("$collStats") {
             let coll = coll.clone().unwrap_or_default();
             let mut out = doc! {"ns": ns.clone(), "host": shared.host.clone(), "localTime": bson::DateTime::now()};
@@ -218,18 +230,43 @@ pub fn aggregate(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult
             docs.push(out);
             stages.next();
         } else if let Some(c) = &coll {
-            let raws: Vec<Arc<RawDocumentBuf>> = shared.with_store(|s| {
-                if cmd.db == "local" && c == "oplog.rs" {
-                    s.oplog
-                        .as_ref()
-                        .map(|o| o.iter_from(0).map(|e| e.doc.clone()).collect())
-                        .unwrap_or_default()
-                } else {
-                    s.coll(&cmd.db, c)
-                        .map(|col| col.docs.values().cloned().collect())
-                        .unwrap_or_default()
+            let is_oplog = cmd.db == "local" && c == "oplog.rs";
+            // A leading `$sample` picks its documents before anything is decoded; a leading
+            // `$match` that cannot fail uses the `_id` access paths of `find`.
+            let sample = first
+                .get_document("$sample")
+                .ok()
+                .and_then(|spec| spec.get("size").and_then(as_i64))
+                .filter(|n| *n >= 0 && first.len() == 1)
+                .map(|n| n as usize);
+            let matching = first
+                .get_document("$match")
+                .ok()
+                .filter(|f| first.len() == 1 && !is_oplog && crate::idplan::never_errors(f));
+            let raws: Vec<Arc<RawDocumentBuf>> = shared.with_store(|s| -> CmdResult<_> {
+                if is_oplog {
+                    let all = s.oplog.as_ref().map(|o| o.iter_from(0).map(|e| &e.doc));
+                    return Ok(match (all, sample) {
+                        (None, _) => Vec::new(),
+                        (Some(all), Some(n)) => pick_random(all.collect(), n),
+                        (Some(all), None) => all.cloned().collect(),
+                    });
                 }
-            });
+                let Some(col) = s.coll(&cmd.db, c) else {
+                    return Ok(Vec::new());
+                };
+                Ok(if let Some(n) = sample {
+                    pick_random(col.docs.values().collect(), n)
+                } else if let Some(f) = matching {
+                    super::query::select(col, f, None, 0, None)?.docs
+                } else {
+                    col.docs.values().cloned().collect()
+                })
+            })?;
+            if sample.is_some() || matching.is_some() {
+                stages.next();
+            }
+            docs.reserve(raws.len());
             for r in raws {
                 docs.push(decode(&r)?);
             }

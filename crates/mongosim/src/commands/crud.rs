@@ -70,9 +70,7 @@ pub fn insert(shared: &Arc<Shared>, cmd: &mut Cmd) -> CmdResult<Reply> {
             }
         }
     });
-    for _ in 0..n {
-        shared.count_op(0);
-    }
+    shared.count_ops(0, n as u64);
     let mut r = doc! {"n": n};
     if !errors.is_empty() {
         r.insert("writeErrors", errors);
@@ -150,7 +148,7 @@ fn run_update(
         let pre = decode(&raw)?;
         let post = update::apply(&pre, spec, false)?;
         if let Some(o) = oplog_form(spec, &pre, &post) {
-            s.replace(db, coll, &pre, post.clone(), o)?;
+            s.replace(db, coll, &pre, &post, o)?;
             out.modified += 1;
         }
         out.images = Some((Some(pre), post));
@@ -386,7 +384,7 @@ fn apply_entry(s: &mut Store, entry: &Document, always_upsert: bool) -> CmdResul
                 Some(raw) => {
                     let pre = decode(&raw)?;
                     if !diff::docs_binary_equal(&pre, o) {
-                        s.replace(db, coll, &pre, o.clone(), o.clone())?;
+                        s.replace(db, coll, &pre, o, o.clone())?;
                     }
                     Ok(())
                 }
@@ -441,7 +439,7 @@ fn apply_entry(s: &mut Store, entry: &Document, always_upsert: bool) -> CmdResul
                     };
                     if let Some(form) = form {
                         if !diff::docs_binary_equal(&pre, &post) {
-                            s.replace(db, coll, &pre, post, form)?;
+                            s.replace(db, coll, &pre, &post, form)?;
                         }
                     }
                     Ok(())

@@ -17,6 +17,7 @@ use super::cursor::{next_batch, Cursor, Source, DEFAULT_FIRST_BATCH};
 use super::{Cmd, ConnState, CursorReply, Reply};
 use crate::error::{CmdResult, CommandError};
 use crate::filter;
+use crate::idplan::{self, IdPlan};
 use crate::oplog::ts_key;
 use crate::server::Shared;
 use crate::store::{Collection, OrdBson, Store};
@@ -110,6 +111,11 @@ pub fn select(
 }
 
 /// Like [`select`], restricted to an explicit `_id` range (`min`/`max` with `hint: {_id: 1}`).
+///
+/// Candidates come from the `_id` intervals of [`crate::idplan`] (point lookups for
+/// equality/`$in`, seeks for ranges and `$nor` complements), in `_id` order; they are
+/// re-checked with the full filter unless the plan is exact. Filters that could fail to
+/// evaluate keep the older, simpler `_id` bounds so errors surface exactly as before.
 pub fn select_in(
     c: &Collection,
     filter: &Document,
@@ -119,61 +125,94 @@ pub fn select_in(
     range: Option<IdRange>,
 ) -> CmdResult<Selected> {
     let natural = natural_direction(sort);
-    let from_filter = id_bounds(filter);
-    let only_id = filter.len() == 1 && from_filter.is_some();
-    let bounds = range.or(from_filter);
-    let iter: Box<dyn DoubleEndedIterator<Item = &Arc<RawDocumentBuf>>> = match &bounds {
-        Some((lo, hi)) => Box::new(c.docs.range((lo.clone(), hi.clone())).map(|(_, v)| v)),
-        None => Box::new(c.docs.values()),
+    let mut plan = if filter.is_empty() {
+        IdPlan::all(true)
+    } else if idplan::never_errors(filter) {
+        idplan::plan(filter)
+    } else {
+        match id_bounds(filter) {
+            Some((lo, hi)) if idplan::is_empty(&lo, &hi) => IdPlan {
+                intervals: Vec::new(),
+                exact: false,
+            },
+            Some(b) => IdPlan {
+                intervals: vec![b],
+                exact: false,
+            },
+            None => IdPlan::all(false),
+        }
     };
-    let iter: Box<dyn Iterator<Item = &Arc<RawDocumentBuf>>> = match natural {
-        Some(false) => Box::new(iter.rev()),
-        _ => iter,
+    if let Some((lo, hi)) = range {
+        let r = if idplan::is_empty(&lo, &hi) {
+            Vec::new()
+        } else {
+            vec![(lo, hi)]
+        };
+        plan = plan.intersect(&IdPlan {
+            intervals: r,
+            exact: true,
+        });
+    }
+    let only_id = idplan::only_id(filter);
+    let check = !filter.is_empty() && !plan.exact;
+    let reverse = matches!(natural, Some(false));
+    let mut intervals: Box<dyn Iterator<Item = &crate::idplan::Interval>> = if reverse {
+        Box::new(plan.intervals.iter().rev())
+    } else {
+        Box::new(plan.intervals.iter())
     };
-    let mut out: Vec<(Arc<RawDocumentBuf>, Option<Document>)> = Vec::new();
+    let mut out: Vec<Arc<RawDocumentBuf>> = Vec::new();
     // With natural order, skip/limit can stop the scan early.
     let early_stop = natural.is_some();
     let mut skipped = 0usize;
-    for raw in iter {
-        let keep = if filter.is_empty() {
-            true
-        } else if only_id {
-            let id = crate::store::raw_id(raw)?;
-            filter::matches(&doc! {"_id": id}, filter)?
+    'outer: for (lo, hi) in &mut intervals {
+        let iter = c.docs.range((lo.clone(), hi.clone())).map(|(_, v)| v);
+        let iter: Box<dyn Iterator<Item = &Arc<RawDocumentBuf>>> = if reverse {
+            Box::new(iter.rev())
         } else {
-            filter::matches(&decode(raw)?, filter)?
+            Box::new(iter)
         };
-        if !keep {
-            continue;
-        }
-        if early_stop {
-            if skipped < skip {
-                skipped += 1;
+        for raw in iter {
+            let keep = if !check {
+                true
+            } else if only_id {
+                let id = crate::store::raw_id(raw)?;
+                filter::matches(&doc! {"_id": id}, filter)?
+            } else {
+                filter::matches(&decode(raw)?, filter)?
+            };
+            if !keep {
                 continue;
             }
-            if limit.is_some_and(|l| out.len() >= l) {
-                break;
+            if early_stop {
+                if skipped < skip {
+                    skipped += 1;
+                    continue;
+                }
+                if limit.is_some_and(|l| out.len() >= l) {
+                    break 'outer;
+                }
             }
+            out.push(raw.clone());
         }
-        out.push((raw.clone(), None));
     }
     if natural.is_none() {
         if let Some(spec) = sort {
             let mut keyed: Vec<(Document, Arc<RawDocumentBuf>)> = Vec::with_capacity(out.len());
-            for (raw, _) in out {
+            for raw in out {
                 keyed.push((decode(&raw)?, raw));
             }
             keyed.sort_by(|a, b| sort_cmp(&a.0, &b.0, spec));
-            out = keyed.into_iter().map(|(_, r)| (r, None)).collect();
+            out = keyed.into_iter().map(|(_, r)| r).collect();
         }
-        out = out.into_iter().skip(skip).collect();
+        if skip > 0 {
+            out.drain(..skip.min(out.len()));
+        }
         if let Some(l) = limit {
             out.truncate(l);
         }
     }
-    Ok(Selected {
-        docs: out.into_iter().map(|(r, _)| r).collect(),
-    })
+    Ok(Selected { docs: out })
 }
 
 /// Compares two documents by a sort specification.
@@ -767,4 +806,231 @@ pub fn split_vector(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
     Ok(Reply::Doc(
         doc! {"timeMillis": 0i32, "splitKeys": keys, "ok": 1.0},
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `_id` access paths against a brute-force scan of the same collection.
+
+    use super::*;
+    use crate::store::Topology;
+    use proptest::prelude::*;
+
+    /// What `select` returned before `_id` access paths: every document, decoded and matched.
+    fn reference(
+        c: &Collection,
+        filter: &Document,
+        sort: Option<&Document>,
+        skip: usize,
+        limit: Option<usize>,
+    ) -> CmdResult<Vec<Arc<RawDocumentBuf>>> {
+        let mut v = Vec::new();
+        for raw in c.docs.values() {
+            if filter::matches(&decode(raw)?, filter)? {
+                v.push(raw.clone());
+            }
+        }
+        match natural_direction(sort) {
+            Some(true) => {}
+            Some(false) => v.reverse(),
+            None => {
+                let spec = sort.cloned().unwrap_or_default();
+                let mut keyed = Vec::new();
+                for raw in v {
+                    keyed.push((decode(&raw)?, raw));
+                }
+                keyed.sort_by(|a, b| sort_cmp(&a.0, &b.0, &spec));
+                v = keyed.into_iter().map(|(_, r)| r).collect();
+            }
+        }
+        let mut v: Vec<_> = v.into_iter().skip(skip).collect();
+        if let Some(l) = limit {
+            v.truncate(l);
+        }
+        Ok(v)
+    }
+
+    fn store_with(ids: &[Bson]) -> Store {
+        let mut s = Store::new(Topology::ReplicaSet, 1 << 20);
+        s.create_collection("db", "c", Document::new()).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let d = doc! {"_id": id.clone(), "v": (i % 3) as i32};
+            // Duplicates (1 vs 1.0 ...) are rejected like the server does.
+            let _ = s.insert("db", "c", RawDocumentBuf::try_from(&d).unwrap());
+        }
+        s
+    }
+
+    fn check(
+        s: &Store,
+        filter: &Document,
+        sort: Option<&Document>,
+        skip: usize,
+        limit: Option<usize>,
+    ) {
+        let c = s.coll("db", "c").unwrap();
+        let fast = select(c, filter, sort, skip, limit).map(|r| r.docs);
+        let slow = reference(c, filter, sort, skip, limit);
+        match (fast, slow) {
+            (Ok(a), Ok(b)) => {
+                let a: Vec<&[u8]> = a.iter().map(|d| d.as_bytes()).collect();
+                let b: Vec<&[u8]> = b.iter().map(|d| d.as_bytes()).collect();
+                assert_eq!(
+                    a, b,
+                    "filter {filter} sort {sort:?} skip {skip} limit {limit:?}"
+                );
+            }
+            (Err(a), Err(b)) => assert_eq!(a.code, b.code, "filter {filter}"),
+            (a, b) => panic!(
+                "filter {filter}: fast {:?} vs scan {:?}",
+                a.map(|v| v.len()),
+                b.map(|v| v.len())
+            ),
+        }
+    }
+
+    fn id_value() -> impl Strategy<Value = Bson> {
+        prop_oneof![
+            (-4i32..4).prop_map(Bson::Int32),
+            (-4i64..4).prop_map(Bson::Int64),
+            (-8i32..8).prop_map(|h| Bson::Double(f64::from(h) / 2.0)),
+            Just(Bson::Double(f64::NAN)),
+            Just(Bson::Double(f64::INFINITY)),
+            Just(Bson::Double(f64::NEG_INFINITY)),
+            Just(Bson::Double(-0.0)),
+            Just(Bson::Double(9_007_199_254_740_992.0)),
+            (0i64..3).prop_map(|d| Bson::Int64(9_007_199_254_740_992 + d)),
+            Just(Bson::Int64(i64::MAX)),
+            Just(Bson::Double(9_223_372_036_854_775_808.0)),
+            prop::sample::select(vec!["", "a", "ab", "b"]).prop_map(|s| Bson::String(s.into())),
+            (0u8..3).prop_map(|b| Bson::ObjectId(bson::oid::ObjectId::from_bytes([b; 12]))),
+            any::<bool>().prop_map(Bson::Boolean),
+            Just(Bson::Null),
+            (0i32..3).prop_map(|a| Bson::Document(doc! {"a": a})),
+            Just(Bson::Document(Document::new())),
+            (-2i64..2).prop_map(|ms| Bson::DateTime(bson::DateTime::from_millis(ms))),
+            (0u32..2).prop_map(|t| Bson::Timestamp(bson::Timestamp {
+                time: t,
+                increment: 1
+            })),
+            (0u8..2).prop_map(|b| Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![b; usize::from(b)],
+            })),
+            Just(Bson::MinKey),
+            Just(Bson::MaxKey),
+        ]
+    }
+
+    fn range_op() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["$gt", "$gte", "$lt", "$lte"])
+    }
+
+    fn id_filter() -> impl Strategy<Value = Document> {
+        let leaf = prop_oneof![
+            id_value().prop_map(|v| doc! {"_id": v}),
+            id_value().prop_map(|v| doc! {"_id": {"$eq": v}}),
+            prop::collection::vec(id_value(), 0..5).prop_map(|v| {
+                let mut with_dups = v.clone();
+                with_dups.extend(v);
+                doc! {"_id": {"$in": with_dups}}
+            }),
+            (range_op(), id_value()).prop_map(|(op, v)| doc! {"_id": {op: v}}),
+            (range_op(), id_value(), range_op(), id_value())
+                .prop_map(|(a, x, b, y)| doc! {"_id": {a: x, b: y}}),
+            (id_value(), id_value()).prop_map(|(x, y)| doc! {"_id": {"$gte": x, "$ne": y}}),
+            (prop::collection::vec(id_value(), 1..4), id_value())
+                .prop_map(|(v, n)| doc! {"_id": {"$in": v, "$nin": [n]}}),
+            (id_value(), 0i32..3).prop_map(|(v, k)| doc! {"_id": v, "v": k}),
+            (range_op(), id_value(), 0i32..3)
+                .prop_map(|(op, v, k)| doc! {"v": {"$ne": k}, "_id": {op: v}}),
+            Just(doc! {}),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 1..3).prop_map(
+                    |v| doc! {"$and": v.into_iter().map(Bson::Document).collect::<Vec<_>>()}
+                ),
+                prop::collection::vec(inner.clone(), 1..3).prop_map(
+                    |v| doc! {"$or": v.into_iter().map(Bson::Document).collect::<Vec<_>>()}
+                ),
+                prop::collection::vec(inner, 1..3).prop_map(
+                    |v| doc! {"$nor": v.into_iter().map(Bson::Document).collect::<Vec<_>>()}
+                ),
+            ]
+        })
+    }
+
+    fn sort_spec() -> impl Strategy<Value = Option<Document>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(doc! {"_id": 1})),
+            Just(Some(doc! {"_id": -1})),
+            Just(Some(doc! {"$natural": -1})),
+            Just(Some(doc! {"v": 1})),
+            Just(Some(doc! {"v": -1, "_id": -1})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(768))]
+        #[test]
+        fn id_access_paths_equal_a_full_scan(
+            ids in prop::collection::vec(id_value(), 0..30),
+            filter in id_filter(),
+            sort in sort_spec(),
+            skip in 0usize..3,
+            limit in prop::option::of(1usize..5),
+        ) {
+            let s = store_with(&ids);
+            check(&s, &filter, sort.as_ref(), skip, limit);
+            check(&s, &filter, sort.as_ref(), 0, None);
+        }
+    }
+
+    #[test]
+    fn numeric_ids_are_equal_across_types_and_lookups_are_exact() {
+        let ids = [
+            Bson::Int64(1),
+            Bson::Int32(2),
+            Bson::Double(3.0),
+            Bson::Double(2.5),
+            Bson::String("1".into()),
+            Bson::Int64(9_007_199_254_740_993),
+            Bson::Int64(9_007_199_254_740_992),
+        ];
+        let s = store_with(&ids);
+        let c = s.coll("db", "c").unwrap();
+        assert_eq!(c.docs.len(), ids.len());
+        let n = |f: Document| select(c, &f, None, 0, None).unwrap().docs.len();
+        for one in [Bson::Int32(1), Bson::Int64(1), Bson::Double(1.0)] {
+            assert_eq!(n(doc! {"_id": one.clone()}), 1);
+            assert_eq!(n(doc! {"_id": {"$eq": one.clone()}}), 1);
+        }
+        assert_eq!(
+            n(doc! {"_id": {"$in": [1, 1.0, 1i64, 2.0, 2, "1", 4, null]}}),
+            3
+        );
+        assert_eq!(n(doc! {"_id": {"$in": []}}), 0);
+        assert_eq!(n(doc! {"_id": 4}), 0);
+        assert_eq!(n(doc! {"_id": {"$gte": 2, "$lt": 3}}), 2);
+        // 2^53 + 1 is not equal to the double 2^53 (exact integer/double comparison).
+        assert_eq!(n(doc! {"_id": 9_007_199_254_740_992.0f64}), 1);
+        assert_eq!(n(doc! {"_id": {"$gt": 9_007_199_254_740_992.0f64}}), 1);
+        assert_eq!(n(doc! {"$nor": [{"_id": {"$gte": 2}}]}), 2);
+        // A malformed filter still fails like a scan.
+        assert!(select(c, &doc! {"_id": {"$in": 5}}, None, 0, None).is_err());
+    }
+
+    #[test]
+    fn plans_seek_instead_of_scanning() {
+        let p = idplan::plan(&doc! {"_id": {"$in": [3, 1, 3, 2.0]}});
+        assert!(p.exact);
+        assert_eq!(p.intervals.len(), 3);
+        let p = idplan::plan(&doc! {"$nor": [{"_id": {"$gte": 10}}]});
+        assert!(p.exact && !p.is_full());
+        let p = idplan::plan(&doc! {"_id": {"$gte": 10, "$lt": 20}});
+        assert!(p.exact && p.intervals.len() == 1);
+        assert!(idplan::plan(&doc! {"a": 1}).is_full());
+    }
 }
