@@ -7,7 +7,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ferry/v1/common.proto", "ferry/v1/migration.proto", "ferry/v1/agent.proto"];
+    let files = [
+        "ferry/v1/common.proto",
+        "ferry/v1/migration.proto",
+        "ferry/v1/agent.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
     }

@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ferry_proto::v1 as pb;
-use ferry_testkit::process::{AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient};
+use ferry_testkit::process::{
+    AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient,
+};
 use futures::TryStreamExt;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{
-    doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document, JavaScriptCodeWithScope, RawDocumentBuf, Regex,
-    Timestamp,
+    doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document, JavaScriptCodeWithScope,
+    RawDocumentBuf, Regex, Timestamp,
 };
 use mongodb::options::ClientOptions;
 use mongodb::Client;
@@ -63,8 +65,12 @@ impl World {
             .oplog_size_mb(oplog_mb)
             .start()
             .await?;
-        let dest =
-            mongosim::MongoSim::builder().replset("rs-dst").user("admin", DEST_PASSWORD).oplog_size_mb(64).start().await?;
+        let dest = mongosim::MongoSim::builder()
+            .replset("rs-dst")
+            .user("admin", DEST_PASSWORD)
+            .oplog_size_mb(64)
+            .start()
+            .await?;
         let source_client = client(&source.uri(), "root", SOURCE_PASSWORD).await?;
         let dest_client = client(&dest.uri(), "admin", DEST_PASSWORD).await?;
         let metadata = MetadataServer::start(Metadata {
@@ -74,11 +80,27 @@ impl World {
         })
         .await?;
         let coordinator = CoordinatorProcess::start(&bins, dir.path()).await?;
-        let agent =
-            AgentProcess::start_with(&bins, &dir.path().join("agent"), &coordinator, &metadata.url(), false, agent_args)
-                .await?;
+        let agent = AgentProcess::start_with(
+            &bins,
+            &dir.path().join("agent"),
+            &coordinator,
+            &metadata.url(),
+            false,
+            agent_args,
+        )
+        .await?;
         let api = coordinator.client().await?;
-        let world = Self { dir, source, dest, source_client, dest_client, metadata, coordinator, agent, api };
+        let world = Self {
+            dir,
+            source,
+            dest,
+            source_client,
+            dest_client,
+            metadata,
+            coordinator,
+            agent,
+            api,
+        };
         world.wait_agent_connected(Duration::from_secs(30)).await?;
         world.register_destination().await?;
         Ok(world)
@@ -104,7 +126,10 @@ impl World {
     /// A CVM task spec for the source, migrating `databases`.
     pub fn spec(&self, databases: &[&str]) -> pb::TaskSpec {
         pb::TaskSpec {
-            name: format!("e2e {}", NEXT_NAME.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            name: format!(
+                "e2e {}",
+                NEXT_NAME.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             region: REGION.into(),
             kind: pb::TaskKind::Cvm as i32,
             cvm_id: CVM_ID.into(),
@@ -120,11 +145,27 @@ impl World {
     /// Creates the task, runs the checks (they must pass) and returns its id.
     pub async fn create_checked_task(&self, databases: &[&str]) -> anyhow::Result<String> {
         let mut api = self.api.clone();
-        let task = api.create_task(pb::CreateTaskRequest { spec: Some(self.spec(databases)) }).await?.into_inner();
-        api.check_task(pb::CheckTaskRequest { task_id: task.id.clone() }).await?;
-        let checked = self.wait_task(&task.id, Duration::from_secs(60), |t| t.state != state(pb::TaskState::Checking)).await?;
+        let task = api
+            .create_task(pb::CreateTaskRequest {
+                spec: Some(self.spec(databases)),
+            })
+            .await?
+            .into_inner();
+        api.check_task(pb::CheckTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await?;
+        let checked = self
+            .wait_task(&task.id, Duration::from_secs(60), |t| {
+                t.state != state(pb::TaskState::Checking)
+            })
+            .await?;
         if checked.state != state(pb::TaskState::CheckPassed) {
-            bail!("checks did not pass: {} {:?}", checked.failure_reason, checked.checks);
+            bail!(
+                "checks did not pass: {} {:?}",
+                checked.failure_reason,
+                checked.checks
+            );
         }
         Ok(task.id)
     }
@@ -132,12 +173,24 @@ impl World {
     pub async fn wait_agent_connected(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let agents = self.api.clone().list_agents(pb::ListAgentsRequest::default()).await?.into_inner();
-            if agents.agents.iter().any(|a| a.connected && a.cvm_instance_id == CVM_ID) {
+            let agents = self
+                .api
+                .clone()
+                .list_agents(pb::ListAgentsRequest::default())
+                .await?
+                .into_inner();
+            if agents
+                .agents
+                .iter()
+                .any(|a| a.connected && a.cvm_instance_id == CVM_ID)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("agent not connected after {timeout:?}; agent log:\n{}", self.agent.logs());
+                bail!(
+                    "agent not connected after {timeout:?}; agent log:\n{}",
+                    self.agent.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -150,8 +203,14 @@ impl World {
         timeout: Duration,
         done: impl Fn(&pb::Task) -> bool,
     ) -> anyhow::Result<pb::Task> {
-        let mut watch =
-            self.api.clone().watch_task(pb::WatchTaskRequest { task_id: task_id.to_string() }).await?.into_inner();
+        let mut watch = self
+            .api
+            .clone()
+            .watch_task(pb::WatchTaskRequest {
+                task_id: task_id.to_string(),
+            })
+            .await?
+            .into_inner();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
         loop {
@@ -177,14 +236,26 @@ impl World {
                 return Ok(task);
             }
             if task.state == state(pb::TaskState::Failed) {
-                bail!("task failed: {} (resumable {})\nagent log tail:\n{}", task.failure_reason, task.resumable, tail(&self.agent.logs(), 40));
+                bail!(
+                    "task failed: {} (resumable {})\nagent log tail:\n{}",
+                    task.failure_reason,
+                    task.resumable,
+                    tail(&self.agent.logs(), 40)
+                );
             }
             last = Some(task);
         }
     }
 
     pub async fn get_task(&self, task_id: &str) -> anyhow::Result<pb::Task> {
-        Ok(self.api.clone().get_task(pb::GetTaskRequest { task_id: task_id.to_string() }).await?.into_inner())
+        Ok(self
+            .api
+            .clone()
+            .get_task(pb::GetTaskRequest {
+                task_id: task_id.to_string(),
+            })
+            .await?
+            .into_inner())
     }
 
     pub fn path(&self) -> &Path {
@@ -258,7 +329,11 @@ pub fn every_type_document(i: i32) -> Document {
 pub async fn seed_every_type(client: &Client, db: &str, coll: &str, n: i32) -> anyhow::Result<()> {
     let docs: Vec<Document> = (0..n).map(every_type_document).collect();
     for chunk in docs.chunks(500) {
-        client.database(db).collection::<Document>(coll).insert_many(chunk.to_vec()).await?;
+        client
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_many(chunk.to_vec())
+            .await?;
     }
     Ok(())
 }
@@ -272,7 +347,11 @@ pub async fn collections(client: &Client, db: &str) -> anyhow::Result<Vec<String
 
 /// Asserts that every collection of `databases` is equal on both sides: same names, same options, same indexes,
 /// and the same documents byte for byte when sorted by `_id`.
-pub async fn assert_same(source: &Client, dest: &Client, databases: &[&str]) -> anyhow::Result<u64> {
+pub async fn assert_same(
+    source: &Client,
+    dest: &Client,
+    databases: &[&str],
+) -> anyhow::Result<u64> {
     let mut documents = 0;
     for db in databases {
         let names = collections(source, db).await?;
@@ -282,22 +361,40 @@ pub async fn assert_same(source: &Client, dest: &Client, databases: &[&str]) -> 
         }
         for coll in &names {
             let ns = format!("{db}.{coll}");
-            let a = sorted_docs(source, db, coll).await.with_context(|| format!("reading source {ns}"))?;
-            let b = sorted_docs(dest, db, coll).await.with_context(|| format!("reading destination {ns}"))?;
+            let a = sorted_docs(source, db, coll)
+                .await
+                .with_context(|| format!("reading source {ns}"))?;
+            let b = sorted_docs(dest, db, coll)
+                .await
+                .with_context(|| format!("reading destination {ns}"))?;
             if a.len() != b.len() {
-                bail!("{ns}: {} documents on the source, {} on the destination", a.len(), b.len());
+                bail!(
+                    "{ns}: {} documents on the source, {} on the destination",
+                    a.len(),
+                    b.len()
+                );
             }
             for (x, y) in a.iter().zip(&b) {
                 if x.as_bytes() != y.as_bytes() {
-                    bail!("{ns}: documents differ:\nsource      {:?}\ndestination {:?}", Document::try_from(x.as_ref()), Document::try_from(y.as_ref()));
+                    bail!(
+                        "{ns}: documents differ:\nsource      {:?}\ndestination {:?}",
+                        Document::try_from(x.as_ref()),
+                        Document::try_from(y.as_ref())
+                    );
                 }
             }
             documents += a.len() as u64;
-            let (ia, ib) = (index_specs(source, db, coll).await?, index_specs(dest, db, coll).await?);
+            let (ia, ib) = (
+                index_specs(source, db, coll).await?,
+                index_specs(dest, db, coll).await?,
+            );
             if ia != ib {
                 bail!("{ns}: indexes differ:\nsource      {ia:?}\ndestination {ib:?}");
             }
-            let (oa, ob) = (collection_options(source, db, coll).await?, collection_options(dest, db, coll).await?);
+            let (oa, ob) = (
+                collection_options(source, db, coll).await?,
+                collection_options(dest, db, coll).await?,
+            );
             if oa != ob {
                 bail!("{ns}: options differ:\nsource      {oa:?}\ndestination {ob:?}");
             }
@@ -318,7 +415,10 @@ async fn sorted_docs(client: &Client, db: &str, coll: &str) -> anyhow::Result<Ve
 }
 
 async fn index_specs(client: &Client, db: &str, coll: &str) -> anyhow::Result<Vec<Document>> {
-    let cursor = client.database(db).run_command(doc! { "listIndexes": coll }).await?;
+    let cursor = client
+        .database(db)
+        .run_command(doc! { "listIndexes": coll })
+        .await?;
     let mut specs: Vec<Document> = cursor
         .get_document("cursor")?
         .get_array("firstBatch")?
@@ -353,7 +453,8 @@ pub async fn write_round(client: &Client, db: &str, round: i32) -> anyhow::Resul
     let coll = client.database(db).collection::<Document>("things");
     let base = 100_000 + round * 10;
     coll.insert_one(every_type_document(base)).await?;
-    coll.insert_many((1..4).map(|k| every_type_document(base + k))).await?;
+    coll.insert_many((1..4).map(|k| every_type_document(base + k)))
+        .await?;
     let target = round % 200;
     let updates = [
         doc! { "$set": { "string": format!("set {round}"), "document.b.c": round } },
@@ -370,16 +471,33 @@ pub async fn write_round(client: &Client, db: &str, round: i32) -> anyhow::Resul
     ];
     let update = updates[(round as usize) % updates.len()].clone();
     coll.update_one(doc! { "_id": target }, update).await?;
-    coll.update_many(doc! { "_id": { "$gte": 150, "$lt": 160 } }, doc! { "$inc": { "counter": 10 } }).await?;
-    coll.replace_one(doc! { "_id": base + 1 }, doc! { "replaced": round, "with.dot": 1 }).await?;
+    coll.update_many(
+        doc! { "_id": { "$gte": 150, "$lt": 160 } },
+        doc! { "$inc": { "counter": 10 } },
+    )
+    .await?;
+    coll.replace_one(
+        doc! { "_id": base + 1 },
+        doc! { "replaced": round, "with.dot": 1 },
+    )
+    .await?;
     coll.delete_one(doc! { "_id": base + 2 }).await?;
-    coll.delete_many(doc! { "_id": { "$in": [target + 300, target + 301] } }).await?;
-    coll.update_one(doc! { "_id": -round - 1 }, doc! { "$set": { "upserted": true } }).upsert(true).await?;
+    coll.delete_many(doc! { "_id": { "$in": [target + 300, target + 301] } })
+        .await?;
+    coll.update_one(
+        doc! { "_id": -round - 1 },
+        doc! { "$set": { "upserted": true } },
+    )
+    .upsert(true)
+    .await?;
     // DDL: a collection created, renamed and dropped; an index created and dropped.
     let database = client.database(db);
     let temp = format!("temp_{round}");
     database.create_collection(&temp).await?;
-    database.collection::<Document>(&temp).insert_one(doc! { "_id": 1, "r": round }).await?;
+    database
+        .collection::<Document>(&temp)
+        .insert_one(doc! { "_id": 1, "r": round })
+        .await?;
     if round % 3 == 0 {
         database.collection::<Document>(&temp).drop().await?;
     } else {
@@ -396,7 +514,9 @@ pub async fn write_round(client: &Client, db: &str, round: i32) -> anyhow::Resul
         })
         .await?;
     if round % 2 == 0 {
-        database.run_command(doc! { "dropIndexes": "things", "index": &index_name }).await?;
+        database
+            .run_command(doc! { "dropIndexes": "things", "index": &index_name })
+            .await?;
     }
     Ok(())
 }

@@ -28,8 +28,12 @@ async fn seed_app(world: &World, things: i32) -> anyhow::Result<()> {
     app.create_collection("things").await?;
     seed_every_type(src, "app", "things", things).await?;
     let capped = app.collection::<Document>("capped_log");
-    capped.insert_many((0..50).map(|i| doc! { "_id": i, "line": format!("log {i}") })).await?;
-    app.collection::<Document>("validated").insert_many((0..20).map(|i| doc! { "_id": i, "n": i })).await?;
+    capped
+        .insert_many((0..50).map(|i| doc! { "_id": i, "line": format!("log {i}") }))
+        .await?;
+    app.collection::<Document>("validated")
+        .insert_many((0..20).map(|i| doc! { "_id": i, "n": i }))
+        .await?;
     let things_coll = app.collection::<Document>("things");
     things_coll
         .create_index(
@@ -57,7 +61,11 @@ async fn seed_app(world: &World, things: i32) -> anyhow::Result<()> {
         .create_index(
             IndexModel::builder()
                 .keys(doc! { "date": -1 })
-                .options(IndexOptions::builder().expire_after(Duration::from_secs(10 * 365 * 86_400)).build())
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(Duration::from_secs(10 * 365 * 86_400))
+                        .build(),
+                )
                 .build(),
         )
         .await?;
@@ -65,9 +73,13 @@ async fn seed_app(world: &World, things: i32) -> anyhow::Result<()> {
         .view_on("things".to_string())
         .pipeline(vec![doc! { "$match": { "bool": true } }])
         .build();
-    app.create_collection("even_things").with_options(opts).await?;
+    app.create_collection("even_things")
+        .with_options(opts)
+        .await?;
     let other = src.database("other").collection::<Document>("plain");
-    other.insert_many((0..2000).map(|i| doc! { "_id": i, "v": i, "pad": "x".repeat(200) })).await?;
+    other
+        .insert_many((0..2000).map(|i| doc! { "_id": i, "v": i, "pad": "x".repeat(200) }))
+        .await?;
     Ok(())
 }
 
@@ -97,8 +109,18 @@ async fn wait_rounds(rounds: &AtomicI32, at_least: i32) {
 }
 
 async fn complete(world: &World, task_id: &str) -> anyhow::Result<pb::Task> {
-    world.api.clone().complete_task(pb::CompleteTaskRequest { task_id: task_id.to_string() }).await?;
-    world.wait_task(task_id, 2 * MINUTE, |t| t.state == state(pb::TaskState::Succeeded)).await
+    world
+        .api
+        .clone()
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task_id.to_string(),
+        })
+        .await?;
+    world
+        .wait_task(task_id, 2 * MINUTE, |t| {
+            t.state == state(pb::TaskState::Succeeded)
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,8 +132,18 @@ async fn every_bson_type_with_concurrent_writer_ends_byte_for_byte_equal() -> an
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicI32::new(0));
     let writer = spawn_writer(&world, stop.clone(), rounds.clone());
-    world.api.clone().start_task(pb::StartTaskRequest { task_id: task_id.clone() }).await?;
-    world.wait_task(&task_id, 2 * MINUTE, |t| t.phase == phase(pb::TaskPhase::OplogSync)).await?;
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?;
+    world
+        .wait_task(&task_id, 2 * MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::OplogSync)
+        })
+        .await?;
     let seen = rounds.load(Ordering::Relaxed);
     wait_rounds(&rounds, seen + 12).await;
     stop.store(true, Ordering::Relaxed);
@@ -119,14 +151,18 @@ async fn every_bson_type_with_concurrent_writer_ends_byte_for_byte_equal() -> an
 
     let done = complete(&world, &task_id).await?;
     let progress = done.progress.unwrap_or_default();
-    assert!(progress.documents_copied > 0, "final progress has copied documents: {progress:?}");
+    assert!(
+        progress.documents_copied > 0,
+        "final progress has copied documents: {progress:?}"
+    );
     let compared = assert_same(&world.source_client, &world.dest_client, &["app", "other"]).await?;
     assert!(compared > 2400, "compared {compared} documents");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal() -> anyhow::Result<()> {
+async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal(
+) -> anyhow::Result<()> {
     let mut world = World::start(256).await?;
     seed_app(&world, 3000).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
@@ -135,8 +171,17 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal()
     let writer = spawn_writer(&world, stop.clone(), rounds.clone());
 
     // Slow the source's cursors down so DATA_SYNC lasts long enough to be interrupted.
-    world.source.faults().delay_replies(Some(Duration::from_millis(150)));
-    world.api.clone().start_task(pb::StartTaskRequest { task_id: task_id.clone() }).await?;
+    world
+        .source
+        .faults()
+        .delay_replies(Some(Duration::from_millis(150)));
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?;
     let before = world
         .wait_task(&task_id, 2 * MINUTE, |t| {
             t.phase == phase(pb::TaskPhase::DataSync)
@@ -144,13 +189,27 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal()
         })
         .await?;
     world.agent.kill9().await?;
-    world.wait_task(&task_id, MINUTE, |t| !t.agent_connected).await?;
+    world
+        .wait_task(&task_id, MINUTE, |t| !t.agent_connected)
+        .await?;
     world.source.faults().clear();
     world.agent.restart().await?;
-    let resumed = world.wait_task(&task_id, MINUTE, |t| t.agent_connected && t.epoch > before.epoch).await?;
-    assert_eq!(resumed.state, state(pb::TaskState::Running), "the task keeps running across the agent's death");
+    let resumed = world
+        .wait_task(&task_id, MINUTE, |t| {
+            t.agent_connected && t.epoch > before.epoch
+        })
+        .await?;
+    assert_eq!(
+        resumed.state,
+        state(pb::TaskState::Running),
+        "the task keeps running across the agent's death"
+    );
 
-    world.wait_task(&task_id, 2 * MINUTE, |t| t.phase == phase(pb::TaskPhase::OplogSync)).await?;
+    world
+        .wait_task(&task_id, 2 * MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::OplogSync)
+        })
+        .await?;
     let seen = rounds.load(Ordering::Relaxed);
     wait_rounds(&rounds, seen + 5).await;
     let in_oplog = world.get_task(&task_id).await?;
@@ -158,7 +217,11 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal()
     // Writes that land while no agent runs must still arrive.
     wait_rounds(&rounds, seen + 10).await;
     world.agent.restart().await?;
-    world.wait_task(&task_id, MINUTE, |t| t.agent_connected && t.epoch > in_oplog.epoch).await?;
+    world
+        .wait_task(&task_id, MINUTE, |t| {
+            t.agent_connected && t.epoch > in_oplog.epoch
+        })
+        .await?;
     let seen = rounds.load(Ordering::Relaxed);
     wait_rounds(&rounds, seen + 5).await;
     stop.store(true, Ordering::Relaxed);
@@ -175,23 +238,64 @@ async fn stop_task_rolls_back_exactly_what_the_task_created() -> anyhow::Result<
     seed_app(&world, 200).await?;
     // The destination already has data of its own, in a migrated database and in another one.
     let dst = &world.dest_client;
-    dst.database("app").collection::<Document>("preexisting").insert_one(doc! { "_id": 1, "mine": true }).await?;
-    dst.database("keep").collection::<Document>("existing").insert_one(doc! { "_id": 1 }).await?;
+    dst.database("app")
+        .collection::<Document>("preexisting")
+        .insert_one(doc! { "_id": 1, "mine": true })
+        .await?;
+    dst.database("keep")
+        .collection::<Document>("existing")
+        .insert_one(doc! { "_id": 1 })
+        .await?;
 
     let task_id = world.create_checked_task(&["app", "other"]).await?;
-    world.api.clone().start_task(pb::StartTaskRequest { task_id: task_id.clone() }).await?;
-    world.wait_task(&task_id, 2 * MINUTE, |t| t.phase == phase(pb::TaskPhase::OplogSync)).await?;
-    assert!(ferry_e2e::collections(dst, "app").await?.contains(&"things".to_string()));
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?;
+    world
+        .wait_task(&task_id, 2 * MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::OplogSync)
+        })
+        .await?;
+    assert!(ferry_e2e::collections(dst, "app")
+        .await?
+        .contains(&"things".to_string()));
 
-    world.api.clone().stop_task(pb::StopTaskRequest { task_id: task_id.clone() }).await?;
+    world
+        .api
+        .clone()
+        .stop_task(pb::StopTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?;
     let stopped = expect_failure(&world, &task_id).await?;
     assert_eq!(stopped.state, state(pb::TaskState::Failed));
-    assert!(stopped.failure_reason.contains("stopped by operator"), "reason: {}", stopped.failure_reason);
+    assert!(
+        stopped.failure_reason.contains("stopped by operator"),
+        "reason: {}",
+        stopped.failure_reason
+    );
 
-    assert_eq!(ferry_e2e::collections(dst, "app").await?, vec!["preexisting".to_string()]);
-    assert_eq!(ferry_e2e::collections(dst, "other").await?, Vec::<String>::new());
-    assert_eq!(ferry_e2e::collections(dst, "keep").await?, vec!["existing".to_string()]);
-    let mine = dst.database("app").collection::<Document>("preexisting").count_documents(doc! {}).await?;
+    assert_eq!(
+        ferry_e2e::collections(dst, "app").await?,
+        vec!["preexisting".to_string()]
+    );
+    assert_eq!(
+        ferry_e2e::collections(dst, "other").await?,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ferry_e2e::collections(dst, "keep").await?,
+        vec!["existing".to_string()]
+    );
+    let mine = dst
+        .database("app")
+        .collection::<Document>("preexisting")
+        .count_documents(doc! {})
+        .await?;
     assert_eq!(mine, 1, "the destination's own documents are untouched");
     Ok(())
 }
@@ -202,48 +306,94 @@ async fn spool_cap_reached_fails_the_task_with_the_reason() -> anyhow::Result<()
     seed_app(&world, 1000).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
     // A slow copy while the application writes several MiB of oplog: more than the 1 MiB spool holds.
-    world.source.faults().delay_replies(Some(Duration::from_millis(200)));
-    world.api.clone().start_task(pb::StartTaskRequest { task_id: task_id.clone() }).await?;
-    world.wait_task(&task_id, MINUTE, |t| t.phase == phase(pb::TaskPhase::DataSync)).await?;
-    let big = world.source_client.database("app").collection::<Document>("big");
+    world
+        .source
+        .faults()
+        .delay_replies(Some(Duration::from_millis(200)));
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?;
+    world
+        .wait_task(&task_id, MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::DataSync)
+        })
+        .await?;
+    let big = world
+        .source_client
+        .database("app")
+        .collection::<Document>("big");
     for i in 0..64 {
-        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) }).await?;
+        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) })
+            .await?;
     }
     let failed = expect_failure(&world, &task_id).await?;
-    assert!(failed.failure_reason.to_lowercase().contains("spool"), "reason names the spool: {}", failed.failure_reason);
+    assert!(
+        failed.failure_reason.to_lowercase().contains("spool"),
+        "reason names the spool: {}",
+        failed.failure_reason
+    );
     assert!(!failed.resumable, "a full spool cannot be resumed from");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn source_oplog_rolled_past_the_resume_point_fails_the_task_with_the_reason() -> anyhow::Result<()> {
-    // A 1 MiB source oplog. The agent dies during DATA_SYNC; while it is away the application writes far more than
+async fn source_oplog_rolled_past_the_resume_point_fails_the_task_with_the_reason(
+) -> anyhow::Result<()> {
+    // A 2 MiB source oplog. The agent dies during DATA_SYNC; while it is away the application writes far more than
     // the oplog holds, so the point the agent must resume from is gone. The task must fail saying so.
-    let mut world = World::start(1).await?;
-    seed_app(&world, 2000).await?;
+    let mut world = World::start(2).await?;
+    // Less data than the 2 MiB oplog holds, so the checks pass; the roll-over happens later.
+    seed_app(&world, 300).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
-    world.source.faults().delay_replies(Some(Duration::from_millis(150)));
-    world.api.clone().start_task(pb::StartTaskRequest { task_id: task_id.clone() }).await?;
+    world
+        .source
+        .faults()
+        .delay_replies(Some(Duration::from_millis(150)));
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?;
     world
         .wait_task(&task_id, MINUTE, |t| {
-            t.phase == phase(pb::TaskPhase::DataSync) && t.checkpoint.as_ref().is_some_and(|c| c.start_ts.is_some())
+            t.phase == phase(pb::TaskPhase::DataSync)
+                && t.checkpoint.as_ref().is_some_and(|c| c.start_ts.is_some())
         })
         .await?;
     world.agent.kill9().await?;
-    let big = world.source_client.database("app").collection::<Document>("big");
+    let big = world
+        .source_client
+        .database("app")
+        .collection::<Document>("big");
     for i in 0..64 {
-        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) }).await?;
+        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) })
+            .await?;
     }
     world.source.faults().clear();
     world.agent.restart().await?;
     let failed = expect_failure(&world, &task_id).await?;
-    assert!(failed.failure_reason.to_lowercase().contains("oplog"), "reason names the oplog: {}", failed.failure_reason);
+    assert!(
+        failed.failure_reason.to_lowercase().contains("oplog"),
+        "reason names the oplog: {}",
+        failed.failure_reason
+    );
     Ok(())
 }
 
 /// Waits for FAILED; success or a timeout fails the test.
 async fn expect_failure(world: &World, task_id: &str) -> anyhow::Result<pb::Task> {
-    match world.wait_task(task_id, 2 * MINUTE, |t| t.state == state(pb::TaskState::Succeeded)).await {
+    match world
+        .wait_task(task_id, 2 * MINUTE, |t| {
+            t.state == state(pb::TaskState::Succeeded)
+        })
+        .await
+    {
         Ok(task) => anyhow::bail!("the task was reported as a success: {task:?}"),
         Err(e) if e.to_string().contains("task failed") => world.get_task(task_id).await,
         Err(e) => Err(e),

@@ -183,11 +183,13 @@ pub struct Args {
 /// Parses a size such as `1048576`, `512KiB`, `16MiB`, `8GiB`, `10MB` (decimal units) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size: write a whole number with an optional unit, e.g. 16MiB"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a size: write a whole number with an optional unit, e.g. 16MiB")
+    })?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -196,7 +198,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
     };
     number
         .checked_mul(factor)
@@ -337,6 +343,8 @@ mod tests {
         assert_eq!(file.log_format, Some(LogFormat::Json));
         assert_eq!(file.reconnect_max, Some(Duration::from_secs(30)));
         assert_eq!(file.metadata_url.as_deref(), Some(DEFAULT_METADATA_URL));
+        assert_eq!(file.spool_cap.as_deref().map(parse_size), Some(Ok(8 << 30)));
+        assert_eq!(file.estimated_copy_rate.as_deref().map(parse_size), Some(Ok(16 << 20)));
     }
 
     #[test]
@@ -346,7 +354,9 @@ mod tests {
         assert_eq!(parse_size("8GiB"), Ok(8 << 30));
         assert_eq!(parse_size("10MB"), Ok(10_000_000));
         assert!(parse_size("0").is_err());
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
         assert!(parse_size("lots").unwrap_err().contains("e.g. 16MiB"));
     }
 

@@ -222,7 +222,9 @@ pub(crate) fn check_input(
 }
 
 /// What the checks need to know about this host.
-pub(crate) fn local_identity(identity: &crate::identity::HostIdentity) -> ferry_checks::LocalIdentity {
+pub(crate) fn local_identity(
+    identity: &crate::identity::HostIdentity,
+) -> ferry_checks::LocalIdentity {
     ferry_checks::LocalIdentity {
         metadata_instance_id: identity.metadata.instance_id.clone(),
         metadata_region: identity.metadata.region.clone(),

@@ -70,7 +70,8 @@ pub(crate) fn run_checks(runner: &TaskRunner, task_id: String, epoch: u64, comma
         async move {
             // Read the metadata service again: the checks report what the host says now, not at connect time.
             let config = &runner_handle.inner.config;
-            let fresh = crate::identity::gather(&config.metadata_url, config.metadata_timeout).await;
+            let fresh =
+                crate::identity::gather(&config.metadata_url, config.metadata_timeout).await;
             input.identity = convert::local_identity(&fresh);
             runner_handle.set_identity(fresh);
             let (items_tx, mut items_rx) = mpsc::channel(32);

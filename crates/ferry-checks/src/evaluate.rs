@@ -538,7 +538,12 @@ pub fn format_bytes(bytes: u64) -> String {
 
 /// Hours with one decimal (`2.1 h`), or seconds below six minutes (`42 s`).
 pub fn format_secs(secs: f64) -> String {
-    if secs < 360.0 {
+    if secs < 1.0 {
+        // Short windows and copies must not all read "0 s".
+        format!("{:.0} ms", secs * 1000.0)
+    } else if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if secs < 360.0 {
         format!("{secs:.0} s")
     } else {
         format!("{:.1} h", secs / 3600.0)
@@ -801,6 +806,8 @@ mod tests {
         assert_eq!(format_bytes(12), "12 B");
         assert_eq!(format_bytes(12 << 30), "12.0 GiB");
         assert_eq!(format_secs(42.0), "42 s");
+        assert_eq!(format_secs(0.04), "40 ms");
+        assert_eq!(format_secs(2.35), "2.4 s");
         assert_eq!(format_secs(7560.0), "2.1 h");
     }
 }

@@ -24,18 +24,50 @@ struct CollectionPlan {
 }
 
 const PLAN: &[CollectionPlan] = &[
-    CollectionPlan { db: "shop", coll: "orders", share: 40, make: order },
-    CollectionPlan { db: "shop", coll: "customers", share: 10, make: customer },
-    CollectionPlan { db: "shop", coll: "products", share: 5, make: product },
-    CollectionPlan { db: "analytics", coll: "events", share: 35, make: event },
-    CollectionPlan { db: "crm", coll: "contacts", share: 10, make: customer },
+    CollectionPlan {
+        db: "shop",
+        coll: "orders",
+        share: 40,
+        make: order,
+    },
+    CollectionPlan {
+        db: "shop",
+        coll: "customers",
+        share: 10,
+        make: customer,
+    },
+    CollectionPlan {
+        db: "shop",
+        coll: "products",
+        share: 5,
+        make: product,
+    },
+    CollectionPlan {
+        db: "analytics",
+        coll: "events",
+        share: 35,
+        make: event,
+    },
+    CollectionPlan {
+        db: "crm",
+        coll: "contacts",
+        share: 10,
+        make: customer,
+    },
 ];
 
 /// The databases the demo migrates.
 pub const DATABASES: &[&str] = &["shop", "analytics", "crm"];
 
 const STATUSES: &[&str] = &["new", "paid", "shipped", "delivered", "returned"];
-const CITIES: &[&str] = &["Guangzhou", "Shenzhen", "Shanghai", "Beijing", "Chengdu", "Hangzhou"];
+const CITIES: &[&str] = &[
+    "Guangzhou",
+    "Shenzhen",
+    "Shanghai",
+    "Beijing",
+    "Chengdu",
+    "Hangzhou",
+];
 
 fn order(id: i64, rng: &mut StdRng) -> Document {
     let items: Vec<Document> = (0..rng.gen_range(1..5))
@@ -98,7 +130,9 @@ fn event(id: i64, rng: &mut StdRng) -> Document {
 }
 
 fn lorem(rng: &mut StdRng, len: usize) -> String {
-    const WORDS: &[&str] = &["lorem", "ipsum", "dolor", "sit", "amet", "ferry", "mongo", "oplog", "replica", "set"];
+    const WORDS: &[&str] = &[
+        "lorem", "ipsum", "dolor", "sit", "amet", "ferry", "mongo", "oplog", "replica", "set",
+    ];
     let mut s = String::with_capacity(len + 8);
     while s.len() < len {
         s.push_str(WORDS[rng.gen_range(0..WORDS.len())]);
@@ -109,7 +143,9 @@ fn lorem(rng: &mut StdRng, len: usize) -> String {
 
 /// Documents per collection for a total of `total` documents.
 fn counts(total: u64) -> Vec<u64> {
-    PLAN.iter().map(|p| (total * p.share / 100).max(1)).collect()
+    PLAN.iter()
+        .map(|p| (total * p.share / 100).max(1))
+        .collect()
 }
 
 /// Seeds every collection of the plan with `total` documents in all, plus secondary indexes.
@@ -142,7 +178,11 @@ pub async fn seed(client: &Client, total: u64) -> anyhow::Result<(u64, u64)> {
     }
     let shop = client.database("shop");
     shop.collection::<Document>("orders")
-        .create_index(IndexModel::builder().keys(doc! { "customer_id": 1, "created_at": -1 }).build())
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "customer_id": 1, "created_at": -1 })
+                .build(),
+        )
         .await?;
     shop.collection::<Document>("customers")
         .create_index(
@@ -158,7 +198,11 @@ pub async fn seed(client: &Client, total: u64) -> anyhow::Result<(u64, u64)> {
         .create_index(
             IndexModel::builder()
                 .keys(doc! { "at": 1 })
-                .options(IndexOptions::builder().expire_after(Duration::from_secs(86_400 * 3650)).build())
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(Duration::from_secs(86_400 * 3650))
+                        .build(),
+                )
                 .build(),
         )
         .await?;
@@ -206,13 +250,19 @@ pub async fn write_until(
                     let update = match rng.gen_range(0..3) {
                         0 => doc! { "$set": { "status": "updated", "touched": DateTime::now() } },
                         1 => doc! { "$inc": { "version": 1 } },
-                        _ => doc! { "$push": { "history": { "at": DateTime::now(), "n": rng.gen_range(0..100) } } },
+                        _ => {
+                            doc! { "$push": { "history": { "at": DateTime::now(), "n": rng.gen_range(0..100) } } }
+                        }
                     };
-                    coll.update_one(doc! { "_id": existing }, update).await.context("writer update")?;
+                    coll.update_one(doc! { "_id": existing }, update)
+                        .await
+                        .context("writer update")?;
                     stats.updates.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {
-                    coll.delete_one(doc! { "_id": existing }).await.context("writer delete")?;
+                    coll.delete_one(doc! { "_id": existing })
+                        .await
+                        .context("writer delete")?;
                     stats.deletes.fetch_add(1, Ordering::Relaxed);
                 }
             }

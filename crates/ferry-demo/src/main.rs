@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use ferry_proto::v1 as pb;
-use ferry_testkit::process::{AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient};
+use ferry_testkit::process::{
+    AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient,
+};
 use mongodb::options::ClientOptions;
 
 /// Runs the whole Ferry flow locally against mongosim.
@@ -72,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
     let source_client = client(&source.uri(), "root", SOURCE_PASSWORD).await?;
     let dest_client = client(&dest.uri(), "admin", DEST_PASSWORD).await?;
 
-    say(&format!("seeding {} documents into databases {:?}", args.docs, dataset::DATABASES));
+    say(&format!(
+        "seeding {} documents into databases {:?}",
+        args.docs,
+        dataset::DATABASES
+    ));
     let seed_started = Instant::now();
     let (seeded_docs, seeded_bytes) = dataset::seed(&source_client, args.docs).await?;
     say(&format!(
@@ -88,12 +94,31 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let mut coordinator = CoordinatorProcess::start(&bins, work.path()).await?;
-    let mut agent = AgentProcess::start(&bins, &work.path().join("agent"), &coordinator, &metadata.url(), false).await?;
-    say(&format!("coordinator listening on {}; agent started (logs in {})", coordinator.addr, work.path().display()));
+    let mut agent = AgentProcess::start(
+        &bins,
+        &work.path().join("agent"),
+        &coordinator,
+        &metadata.url(),
+        false,
+    )
+    .await?;
+    say(&format!(
+        "coordinator listening on {}; agent started (logs in {})",
+        coordinator.addr,
+        work.path().display()
+    ));
 
     let result = async {
         let mut api = coordinator.client().await?;
-        drive(&args, &mut api, &source, &dest, &source_client, &dest_client).await
+        drive(
+            &args,
+            &mut api,
+            &source,
+            &dest,
+            &source_client,
+            &dest_client,
+        )
+        .await
     }
     .await;
     if let Err(error) = agent.terminate().await {
@@ -112,12 +137,21 @@ async fn main() -> anyhow::Result<()> {
     println!("documents migrated      {}", summary.documents);
     println!("bytes copied            {:.1} MiB", mib(summary.bytes));
     println!("full sync duration      {:.1} s", summary.sync_seconds);
-    println!("full sync throughput    {:.0} docs/s, {:.1} MiB/s", summary.docs_per_second, summary.mib_per_second);
+    println!(
+        "full sync throughput    {:.0} docs/s, {:.1} MiB/s",
+        summary.docs_per_second, summary.mib_per_second
+    );
     println!("oplog entries applied   {}", summary.oplog_applied);
     println!("lag at cut-over         {:.2} s", summary.lag_seconds);
-    println!("application writes      {} inserts, {} updates, {} deletes", summary.inserts, summary.updates, summary.deletes);
+    println!(
+        "application writes      {} inserts, {} updates, {} deletes",
+        summary.inserts, summary.updates, summary.deletes
+    );
     println!("verification            {}", summary.verification);
-    println!("total demo time         {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "total demo time         {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("=============================================================");
     if !summary.verified {
         bail!("verification failed: the destination differs from the source");
@@ -176,19 +210,32 @@ async fn drive(
         destination_instance_id: INSTANCE_ID.into(),
         databases: dataset::DATABASES.iter().map(|s| s.to_string()).collect(),
     };
-    let task = api.create_task(pb::CreateTaskRequest { spec: Some(spec) }).await?.into_inner();
+    let task = api
+        .create_task(pb::CreateTaskRequest { spec: Some(spec) })
+        .await?
+        .into_inner();
     let task_id = task.id.clone();
     say(&format!("CreateTask -> {task_id}"));
 
     say("CheckTask (parameter verification)");
-    api.check_task(pb::CheckTaskRequest { task_id: task_id.clone() }).await?;
+    api.check_task(pb::CheckTaskRequest {
+        task_id: task_id.clone(),
+    })
+    .await?;
     let checked = wait_until(api, &task_id, Duration::from_secs(120), |t| {
         t.state != pb::TaskState::Checking as i32
     })
     .await?;
     for item in &checked.checks {
-        let status = pb::CheckStatus::try_from(item.status).map(|s| s.as_str_name()).unwrap_or("?");
-        println!("    {:<24} {:<22} {}", item.id, status.trim_start_matches("CHECK_STATUS_"), item.message);
+        let status = pb::CheckStatus::try_from(item.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("?");
+        println!(
+            "    {:<24} {:<22} {}",
+            item.id,
+            status.trim_start_matches("CHECK_STATUS_"),
+            item.message
+        );
     }
     if checked.state != pb::TaskState::CheckPassed as i32 {
         bail!("checks did not pass: {}", checked.failure_reason);
@@ -203,14 +250,25 @@ async fn drive(
         stop_writer.clone(),
         stats.clone(),
     ));
-    say(&format!("application writing ~{} ops/s to the source; StartTask", args.write_rate));
-    api.start_task(pb::StartTaskRequest { task_id: task_id.clone() }).await?;
+    say(&format!(
+        "application writing ~{} ops/s to the source; StartTask",
+        args.write_rate
+    ));
+    api.start_task(pb::StartTaskRequest {
+        task_id: task_id.clone(),
+    })
+    .await?;
 
     let sync_started = Instant::now();
     let mut sync_seconds = None;
     let mut oplog_since = None;
     let mut last_print = Instant::now() - Duration::from_secs(5);
-    let mut watch = api.watch_task(pb::WatchTaskRequest { task_id: task_id.clone() }).await?.into_inner();
+    let mut watch = api
+        .watch_task(pb::WatchTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?
+        .into_inner();
     loop {
         let task = tokio::time::timeout(Duration::from_secs(600), watch.message())
             .await
@@ -230,7 +288,11 @@ async fn drive(
             print_progress(&task);
         }
         if let Some(since) = oplog_since {
-            let lag = task.progress.as_ref().map(|p| p.lag_seconds).unwrap_or(f64::MAX);
+            let lag = task
+                .progress
+                .as_ref()
+                .map(|p| p.lag_seconds)
+                .unwrap_or(f64::MAX);
             if since.elapsed() >= Duration::from_secs(args.oplog_seconds) && lag < 2.0 {
                 break;
             }
@@ -239,7 +301,10 @@ async fn drive(
     stop_writer.store(true, Ordering::Relaxed);
     writer.await.context("writer task")??;
     say("application stopped writing (cut-over); CompleteTask");
-    api.complete_task(pb::CompleteTaskRequest { task_id: task_id.clone() }).await?;
+    api.complete_task(pb::CompleteTaskRequest {
+        task_id: task_id.clone(),
+    })
+    .await?;
     let done = wait_until(api, &task_id, Duration::from_secs(300), |t| {
         t.state == pb::TaskState::Succeeded as i32 || t.state == pb::TaskState::Failed as i32
     })
@@ -247,7 +312,9 @@ async fn drive(
     if done.state != pb::TaskState::Succeeded as i32 {
         bail!("task did not succeed: {}", done.failure_reason);
     }
-    say("task SUCCEEDED; verifying every collection (sorted by _id, byte for byte) and its indexes");
+    say(
+        "task SUCCEEDED; verifying every collection (sorted by _id, byte for byte) and its indexes",
+    );
 
     let mut verified = true;
     let mut documents = 0;
@@ -258,7 +325,11 @@ async fn drive(
             report.namespace,
             report.documents,
             if report.equal { "equal" } else { "DIFFERENT" },
-            if report.indexes_equal { "equal" } else { "DIFFERENT" },
+            if report.indexes_equal {
+                "equal"
+            } else {
+                "DIFFERENT"
+            },
             report.detail
         );
         verified &= report.equal && report.indexes_equal;
@@ -277,14 +348,22 @@ async fn drive(
         inserts: stats.inserts.load(Ordering::Relaxed),
         updates: stats.updates.load(Ordering::Relaxed),
         deletes: stats.deletes.load(Ordering::Relaxed),
-        verification: if verified { "PASSED: destination equals source".into() } else { "FAILED".into() },
+        verification: if verified {
+            "PASSED: destination equals source".into()
+        } else {
+            "FAILED".into()
+        },
         verified,
     })
 }
 
 fn print_progress(task: &pb::Task) {
-    let state = pb::TaskState::try_from(task.state).map(|s| s.as_str_name()).unwrap_or("?");
-    let phase = pb::TaskPhase::try_from(task.phase).map(|s| s.as_str_name()).unwrap_or("?");
+    let state = pb::TaskState::try_from(task.state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
+    let phase = pb::TaskPhase::try_from(task.phase)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
     let Some(p) = &task.progress else {
         println!("    {state} {phase}");
         return;
@@ -311,8 +390,15 @@ fn print_progress(task: &pb::Task) {
 async fn wait_for_agent(api: &mut OperatorClient) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let agents = api.list_agents(pb::ListAgentsRequest::default()).await?.into_inner();
-        if agents.agents.iter().any(|a| a.connected && a.cvm_instance_id == CVM_ID) {
+        let agents = api
+            .list_agents(pb::ListAgentsRequest::default())
+            .await?
+            .into_inner();
+        if agents
+            .agents
+            .iter()
+            .any(|a| a.connected && a.cvm_instance_id == CVM_ID)
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -328,13 +414,20 @@ async fn wait_until(
     timeout: Duration,
     done: impl Fn(&pb::Task) -> bool,
 ) -> anyhow::Result<pb::Task> {
-    let mut watch = api.watch_task(pb::WatchTaskRequest { task_id: task_id.to_string() }).await?.into_inner();
+    let mut watch = api
+        .watch_task(pb::WatchTaskRequest {
+            task_id: task_id.to_string(),
+        })
+        .await?
+        .into_inner();
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let task = tokio::time::timeout(left, watch.message())
             .await
-            .with_context(|| format!("task {task_id} did not reach the expected state in {timeout:?}"))??
+            .with_context(|| {
+                format!("task {task_id} did not reach the expected state in {timeout:?}")
+            })??
             .context("watch stream ended")?;
         if done(&task) {
             return Ok(task);

@@ -16,12 +16,25 @@ pub struct CollectionReport {
 }
 
 /// Compares one collection on both sides.
-pub async fn compare(source: &Client, dest: &Client, db: &str, coll: &str) -> anyhow::Result<CollectionReport> {
+pub async fn compare(
+    source: &Client,
+    dest: &Client,
+    db: &str,
+    coll: &str,
+) -> anyhow::Result<CollectionReport> {
     let namespace = format!("{db}.{coll}");
     let src = source.database(db).collection::<RawDocumentBuf>(coll);
     let dst = dest.database(db).collection::<RawDocumentBuf>(coll);
-    let mut a = src.find(doc! {}).sort(doc! { "_id": 1 }).await.context("source find")?;
-    let mut b = dst.find(doc! {}).sort(doc! { "_id": 1 }).await.context("destination find")?;
+    let mut a = src
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .context("source find")?;
+    let mut b = dst
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .context("destination find")?;
     let mut documents = 0_u64;
     let mut detail = String::new();
     let mut equal = true;
@@ -45,12 +58,21 @@ pub async fn compare(source: &Client, dest: &Client, db: &str, coll: &str) -> an
     if !indexes_equal && detail.is_empty() {
         detail = "indexes differ".to_string();
     }
-    Ok(CollectionReport { namespace, documents, equal, indexes_equal, detail })
+    Ok(CollectionReport {
+        namespace,
+        documents,
+        equal,
+        indexes_equal,
+        detail,
+    })
 }
 
 /// Index specs as listIndexes returns them, without the fields a server adds on its own (`v`, `ns`), by name.
 async fn index_specs(client: &Client, db: &str, coll: &str) -> anyhow::Result<Vec<Document>> {
-    let reply = client.database(db).run_command(doc! { "listIndexes": coll }).await?;
+    let reply = client
+        .database(db)
+        .run_command(doc! { "listIndexes": coll })
+        .await?;
     let mut specs: Vec<Document> = reply
         .get_document("cursor")?
         .get_array("firstBatch")?
