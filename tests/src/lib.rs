@@ -21,7 +21,6 @@ use mongodb::bson::{
     doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document, JavaScriptCodeWithScope,
     RawDocumentBuf, Regex, Timestamp,
 };
-use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 static NEXT_NAME: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -276,19 +275,8 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A driver client with SCRAM credentials (authSource admin) and short timeouts.
-pub async fn client(uri: &str, user: &str, password: &str) -> anyhow::Result<Client> {
-    let mut options = ClientOptions::parse(uri).await?;
-    options.credential = Some(
-        mongodb::options::Credential::builder()
-            .username(user.to_string())
-            .password(password.to_string())
-            .source("admin".to_string())
-            .build(),
-    );
-    options.server_selection_timeout = Some(Duration::from_secs(10));
-    Ok(Client::with_options(options)?)
-}
+pub use ferry_testkit::mongo::client;
+use ferry_testkit::mongo::index_specs;
 
 /// One document holding every BSON type, deep nesting, and field names with dots and `$`.
 pub fn every_type_document(i: i32) -> Document {
@@ -412,26 +400,6 @@ async fn sorted_docs(client: &Client, db: &str, coll: &str) -> anyhow::Result<Ve
         .await?
         .try_collect()
         .await?)
-}
-
-async fn index_specs(client: &Client, db: &str, coll: &str) -> anyhow::Result<Vec<Document>> {
-    let cursor = client
-        .database(db)
-        .run_command(doc! { "listIndexes": coll })
-        .await?;
-    let mut specs: Vec<Document> = cursor
-        .get_document("cursor")?
-        .get_array("firstBatch")?
-        .iter()
-        .filter_map(|b| b.as_document().cloned())
-        .map(|mut d| {
-            d.remove("v");
-            d.remove("ns");
-            d
-        })
-        .collect();
-    specs.sort_by_key(|d| d.get_str("name").map(str::to_owned).unwrap_or_default());
-    Ok(specs)
 }
 
 async fn collection_options(client: &Client, db: &str, coll: &str) -> anyhow::Result<Document> {

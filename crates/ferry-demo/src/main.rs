@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use ferry_proto::v1 as pb;
+use ferry_testkit::mongo::client;
 use ferry_testkit::process::{
     AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient,
 };
-use mongodb::options::ClientOptions;
 
 /// Runs the whole Ferry flow locally against mongosim.
 #[derive(Parser, Debug)]
@@ -433,19 +433,6 @@ async fn wait_until(
             return Ok(task);
         }
     }
-}
-
-async fn client(uri: &str, user: &str, password: &str) -> anyhow::Result<mongodb::Client> {
-    let mut options = ClientOptions::parse(uri).await?;
-    options.credential = Some(
-        mongodb::options::Credential::builder()
-            .username(user.to_string())
-            .password(password.to_string())
-            .source("admin".to_string())
-            .build(),
-    );
-    options.server_selection_timeout = Some(Duration::from_secs(10));
-    Ok(mongodb::Client::with_options(options)?)
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -2,8 +2,9 @@
 //! sorted by `_id`), with the same indexes.
 
 use anyhow::Context;
+use ferry_testkit::mongo::index_specs;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::bson::{doc, RawDocumentBuf};
 use mongodb::Client;
 
 /// What verification found for one collection.
@@ -65,25 +66,4 @@ pub async fn compare(
         indexes_equal,
         detail,
     })
-}
-
-/// Index specs as listIndexes returns them, without the fields a server adds on its own (`v`, `ns`), by name.
-async fn index_specs(client: &Client, db: &str, coll: &str) -> anyhow::Result<Vec<Document>> {
-    let reply = client
-        .database(db)
-        .run_command(doc! { "listIndexes": coll })
-        .await?;
-    let mut specs: Vec<Document> = reply
-        .get_document("cursor")?
-        .get_array("firstBatch")?
-        .iter()
-        .filter_map(|b| b.as_document().cloned())
-        .map(|mut d| {
-            d.remove("v");
-            d.remove("ns");
-            d
-        })
-        .collect();
-    specs.sort_by_key(|d| d.get_str("name").map(str::to_owned).unwrap_or_default());
-    Ok(specs)
 }
