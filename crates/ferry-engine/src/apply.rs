@@ -1,7 +1,12 @@
 //! OPLOG_SYNC: reads spooled entries in order, reassembles transactions, and applies them idempotently
 //! (reference §8.7): inserts and replacements as upserting replacements by `_id`, `$v:1` updates as
 //! server-side updates without upsert, `$v:2` diffs applied exactly (§7.3) to the destination's current
-//! document and written back as a replacement, deletes by key. CRUD runs in parallel by hash of
+//! document and written back as a replacement, deletes by key. A whole document with a top-level
+//! `$`-prefixed field (legal since 5.0) cannot be a replacement (the server refuses it), so it is written
+//! as delete-by-key then insert, back to back in the key's partition (see `write_whole`). A `$v:2` target
+//! missing on the destination is looked up on the source: if the source has it, its current version is
+//! written (it is at or beyond the entry's pre-image, so later entries converge, §7.6) — this also heals
+//! a crash between that delete and insert. CRUD runs in parallel by hash of
 //! (namespace, `_id`) — or of the namespace alone when it has a secondary unique index, so those apply
 //! in source order — and DDL entries are barriers. Entries up to the copy-end timestamp replay changes
 //! the copy may already contain: duplicate-key errors there are expected and skipped (as MongoDB's
@@ -442,30 +447,46 @@ fn id_of(op: &Op) -> Option<&Bson> {
     }
 }
 
+fn id_key(id: &Bson) -> Vec<u8> {
+    doc! {"_id": id.clone()}.to_vec().unwrap_or_default()
+}
+
 fn id_bytes(op: &Op) -> Vec<u8> {
-    match id_of(op) {
-        Some(id) => doc! {"_id": id.clone()}.to_vec().unwrap_or_default(),
-        None => Vec::new(),
-    }
+    id_of(op).map(id_key).unwrap_or_default()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Update,
     Delete,
+    Insert,
 }
+
+/// True if a replacement `update` would refuse `doc`: MongoDB 5.0+ stores top-level `$`-prefixed field
+/// names (insert, upsert-insert) but never accepts them in a replacement document.
+fn has_top_level_dollar(doc: &Document) -> bool {
+    doc.keys().any(|k| k.starts_with('$'))
+}
+
+type Key = (String, Vec<u8>);
 
 /// Applies one partition of CRUD ops sequentially, batching consecutive statements of the same kind
 /// and namespace into one `update`/`delete` command.
 struct Worker<'a> {
     ctx: &'a Ctx,
     copy_end: OpTime,
-    cache: HashMap<(String, Vec<u8>), Option<Document>>,
-    dirty: HashSet<(String, Vec<u8>)>,
+    cache: HashMap<Key, Option<Document>>,
+    dirty: HashSet<Key>,
+    /// Keys whose `None` in `cache` comes from a delete of this batch (not from the destination).
+    deleted: HashSet<Key>,
+    /// Source documents of `$v:2` targets missing on the destination (`None`: not on the source either).
+    recovered: HashMap<Key, Option<Document>>,
     pending_ns: String,
     pending_kind: Kind,
     stmts: Vec<Document>,
-    stmt_ts: Vec<OpTime>,
+    /// Per statement: its entry's `ts`, and whether a duplicate-key error may be skipped after the copy
+    /// window too (writes of source documents recovered for a missing target).
+    stmt_ts: Vec<(OpTime, bool)>,
 }
 
 impl<'a> Worker<'a> {
@@ -475,6 +496,8 @@ impl<'a> Worker<'a> {
             copy_end,
             cache: HashMap::new(),
             dirty: HashSet::new(),
+            deleted: HashSet::new(),
+            recovered: HashMap::new(),
             pending_ns: String::new(),
             pending_kind: Kind::Update,
             stmts: Vec::new(),
@@ -495,36 +518,24 @@ impl<'a> Worker<'a> {
                             detail: "insert without _id".into(),
                         });
                     };
-                    self.push(
-                        &ns,
-                        Kind::Update,
-                        ts,
-                        doc! {"q": {"_id": id}, "u": doc.clone(), "upsert": true},
-                    )
-                    .await?;
-                    self.cache.insert(key.clone(), Some(doc));
-                    self.dirty.insert(key);
+                    self.write_whole(&ns, ts, doc! {"_id": id}, &doc, true, false)
+                        .await?;
+                    self.cached(key, Some(doc));
                 }
                 Op::Replace { ns, key: k, doc } => {
-                    self.push(
-                        &ns,
-                        Kind::Update,
-                        ts,
-                        doc! {"q": k, "u": doc.clone(), "upsert": true},
-                    )
-                    .await?;
-                    self.cache.insert(key.clone(), Some(doc));
-                    self.dirty.insert(key);
+                    self.write_whole(&ns, ts, k, &doc, true, false).await?;
+                    self.cached(key, Some(doc));
                 }
                 Op::UpdateModifier { ns, key: k, update } => {
                     self.push(
                         &ns,
                         Kind::Update,
-                        ts,
+                        (ts, false),
                         doc! {"q": k, "u": update, "upsert": false},
                     )
                     .await?;
                     self.cache.remove(&key);
+                    self.deleted.remove(&key);
                     self.dirty.insert(key);
                 }
                 Op::UpdateDiff { ns, key: k, diff } => {
@@ -534,31 +545,46 @@ impl<'a> Worker<'a> {
                             if self.dirty.contains(&key) {
                                 self.flush().await?;
                             }
-                            self.fetch_one(&ns, &k).await?
+                            self.fetch_one(Side::Destination, &ns, &k).await?
                         }
                     };
-                    let Some(current) = current else {
-                        // Deleted later on the source, or arrives with the copy: skip (reference §8.7).
-                        continue;
+                    let new = match current {
+                        Some(current) => {
+                            apply_diff(&current, &diff).map_err(|source| EngineError::Diff {
+                                namespace: ns.clone(),
+                                source,
+                            })?
+                        }
+                        None if self.deleted.contains(&key) => continue,
+                        None => {
+                            // Missing on the destination: deleted later on the source, gone with the
+                            // copy, or lost between the delete and insert of `write_whole` (crash).
+                            // The source's current version (if any) is at or beyond this entry's
+                            // pre-image: write it as is; later entries converge on it (§7.6, §8.6).
+                            let found = match self.recovered.remove(&key) {
+                                Some(found) => found,
+                                None => self.fetch_one(Side::Source, &ns, &k).await?,
+                            };
+                            let Some(found) = found else {
+                                // Not on the source either: skip (reference §8.7).
+                                self.deleted.insert(key.clone());
+                                self.cache.insert(key, None);
+                                continue;
+                            };
+                            tracing::info!(%ns, %ts, "update target missing on the destination; wrote the source's current version");
+                            self.write_whole(&ns, ts, k, &found, true, true).await?;
+                            self.cached(key, Some(found));
+                            continue;
+                        }
                     };
-                    let new = apply_diff(&current, &diff).map_err(|source| EngineError::Diff {
-                        namespace: ns.clone(),
-                        source,
-                    })?;
-                    self.push(
-                        &ns,
-                        Kind::Update,
-                        ts,
-                        doc! {"q": k, "u": new.clone(), "upsert": false},
-                    )
-                    .await?;
-                    self.cache.insert(key.clone(), Some(new));
-                    self.dirty.insert(key);
+                    self.write_whole(&ns, ts, k, &new, false, false).await?;
+                    self.cached(key, Some(new));
                 }
                 Op::Delete { ns, key: k } => {
-                    self.push(&ns, Kind::Delete, ts, doc! {"q": k, "limit": 1})
+                    self.push(&ns, Kind::Delete, (ts, false), doc! {"q": k, "limit": 1})
                         .await?;
                     self.cache.insert(key.clone(), None);
+                    self.deleted.insert(key.clone());
                     self.dirty.insert(key);
                 }
                 Op::Command { .. } => {}
@@ -567,70 +593,144 @@ impl<'a> Worker<'a> {
         self.flush().await
     }
 
-    /// Loads the current destination documents of every `$v:2` target in one query per namespace.
+    fn cached(&mut self, key: Key, doc: Option<Document>) {
+        self.deleted.remove(&key);
+        self.cache.insert(key.clone(), doc);
+        self.dirty.insert(key);
+    }
+
+    /// Writes `doc` as the whole document at `key`: an upserting (or, with `upsert` false, plain)
+    /// replacement; or, when it has a top-level `$`-prefixed field, which no replacement accepts on
+    /// MongoDB 5.0-8.0, a delete by `key` then an insert. Both statements sit back to back in this
+    /// key's partition, so no other write of the key comes between them; a crash in between leaves the
+    /// key missing until the entry is replayed from the checkpoint: `i`/replacement entries rewrite it,
+    /// and a `$v:2` entry finds it missing and takes the source's current version (see `run`).
+    async fn write_whole(
+        &mut self,
+        ns: &str,
+        ts: OpTime,
+        key: Document,
+        doc: &Document,
+        upsert: bool,
+        tolerant: bool,
+    ) -> Result<(), EngineError> {
+        if has_top_level_dollar(doc) {
+            self.push(
+                ns,
+                Kind::Delete,
+                (ts, tolerant),
+                doc! {"q": key, "limit": 1},
+            )
+            .await?;
+            self.push(ns, Kind::Insert, (ts, tolerant), doc.clone())
+                .await
+        } else {
+            self.push(
+                ns,
+                Kind::Update,
+                (ts, tolerant),
+                doc! {"q": key, "u": doc.clone(), "upsert": upsert},
+            )
+            .await
+        }
+    }
+
+    /// Loads the current destination documents of every `$v:2` target in one query per namespace, and
+    /// the source documents of those missing on the destination (see `run`).
     async fn prefetch(&mut self, ops: &[(OpTime, Op)]) -> Result<(), EngineError> {
         let mut by_ns: HashMap<String, Vec<Bson>> = HashMap::new();
+        let mut seen: HashSet<Key> = HashSet::new();
         for (_, op) in ops {
             if let Op::UpdateDiff { ns, key, .. } = op {
                 if let Some(id) = key.get("_id") {
-                    by_ns.entry(ns.clone()).or_default().push(id.clone());
+                    if seen.insert((ns.clone(), id_key(id))) {
+                        by_ns.entry(ns.clone()).or_default().push(id.clone());
+                    }
                 }
             }
         }
         for (ns, ids) in by_ns {
-            let (db, name) = split_ns(&ns);
-            let coll = self.ctx.dst.database(db).collection::<Document>(name);
             for chunk in ids.chunks(1000) {
-                let filter = doc! {"_id": {"$in": chunk.to_vec()}};
-                let found =
-                    mongo::retry(&self.ctx.cancel, Side::Destination, "prefetch", || async {
-                        coll.find(filter.clone())
-                            .await?
-                            .try_collect::<Vec<Document>>()
-                            .await
-                    })
-                    .await
-                    .map_err(|e| e.into_engine("find", &ns))?
-                    .unwrap_or_default();
+                let found = self.find_ids(Side::Destination, &ns, chunk).await?;
+                let mut missing = Vec::new();
                 for id in chunk {
-                    let key = (
-                        ns.clone(),
-                        doc! {"_id": id.clone()}.to_vec().unwrap_or_default(),
-                    );
+                    let key = (ns.clone(), id_key(id));
+                    if !found.contains_key(&key.1) {
+                        missing.push(id.clone());
+                    }
                     self.cache.insert(key, None);
                 }
-                for d in found {
-                    if let Some(id) = d.get("_id") {
-                        let key = (
-                            ns.clone(),
-                            doc! {"_id": id.clone()}.to_vec().unwrap_or_default(),
-                        );
-                        self.cache.insert(key, Some(d));
-                    }
+                for (k, d) in found {
+                    self.cache.insert((ns.clone(), k), Some(d));
+                }
+                if missing.is_empty() {
+                    continue;
+                }
+                let mut from_source = self.find_ids(Side::Source, &ns, &missing).await?;
+                for id in missing {
+                    let k = id_key(&id);
+                    let d = from_source.remove(&k);
+                    self.recovered.insert((ns.clone(), k), d);
                 }
             }
         }
         Ok(())
     }
 
-    async fn fetch_one(&self, ns: &str, key: &Document) -> Result<Option<Document>, EngineError> {
+    /// The documents of `ns` with these `_id`s on one side, by `id_key`.
+    async fn find_ids(
+        &self,
+        side: Side,
+        ns: &str,
+        ids: &[Bson],
+    ) -> Result<HashMap<Vec<u8>, Document>, EngineError> {
         let (db, name) = split_ns(ns);
-        let coll = self.ctx.dst.database(db).collection::<Document>(name);
-        Ok(
-            mongo::retry(&self.ctx.cancel, Side::Destination, "find", || {
-                coll.find_one(key.clone()).into_future()
-            })
-            .await
-            .map_err(|e| e.into_engine("find", ns))?
-            .flatten(),
-        )
+        let client = match side {
+            Side::Source => &self.ctx.src,
+            Side::Destination => &self.ctx.dst,
+        };
+        let coll = client.database(db).collection::<Document>(name);
+        let filter = doc! {"_id": {"$in": ids.to_vec()}};
+        let found = mongo::retry(&self.ctx.cancel, side, "prefetch", || async {
+            coll.find(filter.clone())
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        })
+        .await
+        .map_err(|e| e.into_engine("find", ns))?
+        .unwrap_or_default();
+        Ok(found
+            .into_iter()
+            .filter_map(|d| Some((id_key(d.get("_id")?), d)))
+            .collect())
+    }
+
+    async fn fetch_one(
+        &self,
+        side: Side,
+        ns: &str,
+        key: &Document,
+    ) -> Result<Option<Document>, EngineError> {
+        let (db, name) = split_ns(ns);
+        let client = match side {
+            Side::Source => &self.ctx.src,
+            Side::Destination => &self.ctx.dst,
+        };
+        let coll = client.database(db).collection::<Document>(name);
+        Ok(mongo::retry(&self.ctx.cancel, side, "find", || {
+            coll.find_one(key.clone()).into_future()
+        })
+        .await
+        .map_err(|e| e.into_engine("find", ns))?
+        .flatten())
     }
 
     async fn push(
         &mut self,
         ns: &str,
         kind: Kind,
-        ts: OpTime,
+        ts: (OpTime, bool),
         stmt: Document,
     ) -> Result<(), EngineError> {
         if !self.stmts.is_empty()
@@ -666,6 +766,9 @@ impl<'a> Worker<'a> {
                     doc! {"update": coll, "updates": batch, "ordered": true, "bypassDocumentValidation": true}
                 }
                 Kind::Delete => doc! {"delete": coll, "deletes": batch, "ordered": true},
+                Kind::Insert => {
+                    doc! {"insert": coll, "documents": batch, "ordered": true, "bypassDocumentValidation": true}
+                }
             };
             let reply = mongo::command(&self.ctx.dst, &self.ctx.cancel, Side::Destination, db, cmd)
                 .await
@@ -686,12 +789,22 @@ impl<'a> Worker<'a> {
                 Some(Bson::Int64(c)) => *c as i32,
                 _ => 0,
             };
-            let ts = stmt_ts.get(start + idx).copied().unwrap_or(OpTime {
-                seconds: 0,
-                increment: 0,
-            });
+            let (ts, tolerant) = stmt_ts.get(start + idx).copied().unwrap_or((
+                OpTime {
+                    seconds: 0,
+                    increment: 0,
+                },
+                false,
+            ));
             if code == 11000 && ts <= self.copy_end {
                 tracing::debug!(%ns, %ts, "duplicate key while replaying the copy window; skipped");
+                start += idx + 1;
+                continue;
+            }
+            if code == 11000 && tolerant {
+                // A source version written ahead of its time collides with a unique value the
+                // destination still holds at this point; later entries of the key rewrite it.
+                tracing::warn!(%ns, %ts, "duplicate key writing a recovered source document; skipped");
                 start += idx + 1;
                 continue;
             }

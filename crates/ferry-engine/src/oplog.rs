@@ -139,8 +139,14 @@ fn parse_crud(d: &Document, op: &str) -> Result<Op, ParseError> {
     }
 }
 
-/// §7.1: `$v: 2` + `diff` document -> diff; any `$` key -> modifier; otherwise replacement.
+/// §7.1, refined for `$`-prefixed field names (legal since 5.0): an `o` with a top-level `_id` is a
+/// full replacement whatever its other fields (`$v`, `diff` and `$set` may be user fields there), as the
+/// server itself decides when applying oplog entries; otherwise `$v: 2` + `diff` document -> diff, any
+/// `$` key -> modifier, and the rest (pre-3.6 replacements without `_id`) -> replacement.
 fn classify_update(ns: String, key: Document, o: Document) -> Result<Op, ParseError> {
+    if o.contains_key("_id") {
+        return Ok(Op::Replace { ns, key, doc: o });
+    }
     let version = match o.get("$v") {
         Some(Bson::Int32(v)) => Some(i64::from(*v)),
         Some(Bson::Int64(v)) => Some(*v),
@@ -380,6 +386,22 @@ mod tests {
             let op = classify_update("a.b".into(), doc! {"_id": 1}, o).unwrap();
             assert!(matches!(op, Op::UpdateDiff { .. }));
         }
+    }
+
+    #[test]
+    fn replacement_with_dollar_fields_is_a_replacement() {
+        let o = doc! {"_id": 1, "$v": 2, "diff": {"u": {"a": 1}}, "$set": {"x": 1}};
+        let op = classify_update("a.b".into(), doc! {"_id": 1}, o.clone()).unwrap();
+        assert_eq!(
+            op,
+            Op::Replace {
+                ns: "a.b".into(),
+                key: doc! {"_id": 1},
+                doc: o
+            }
+        );
+        let op = classify_update("a.b".into(), doc! {"_id": 1}, doc! {"$set": {"_id": 1}}).unwrap();
+        assert!(matches!(op, Op::UpdateModifier { .. }));
     }
 
     #[test]
