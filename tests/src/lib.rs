@@ -349,6 +349,17 @@ pub async fn assert_same(
         }
         for coll in &names {
             let ns = format!("{db}.{coll}");
+            let (oa, ob) = (
+                collection_options(source, db, coll).await?,
+                collection_options(dest, db, coll).await?,
+            );
+            if oa != ob {
+                bail!("{ns}: options differ:\nsource      {oa:?}\ndestination {ob:?}");
+            }
+            if oa.contains_key("viewOn") {
+                // A view has no documents or indexes of its own: its definition (viewOn, pipeline) is compared.
+                continue;
+            }
             let a = sorted_docs(source, db, coll)
                 .await
                 .with_context(|| format!("reading source {ns}"))?;
@@ -378,13 +389,6 @@ pub async fn assert_same(
             );
             if ia != ib {
                 bail!("{ns}: indexes differ:\nsource      {ia:?}\ndestination {ib:?}");
-            }
-            let (oa, ob) = (
-                collection_options(source, db, coll).await?,
-                collection_options(dest, db, coll).await?,
-            );
-            if oa != ob {
-                bail!("{ns}: options differ:\nsource      {oa:?}\ndestination {ob:?}");
             }
         }
     }
