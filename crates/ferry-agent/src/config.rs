@@ -344,7 +344,10 @@ mod tests {
         assert_eq!(file.reconnect_max, Some(Duration::from_secs(30)));
         assert_eq!(file.metadata_url.as_deref(), Some(DEFAULT_METADATA_URL));
         assert_eq!(file.spool_cap.as_deref().map(parse_size), Some(Ok(8 << 30)));
-        assert_eq!(file.estimated_copy_rate.as_deref().map(parse_size), Some(Ok(16 << 20)));
+        assert_eq!(
+            file.estimated_copy_rate.as_deref().map(parse_size),
+            Some(Ok(16 << 20))
+        );
     }
 
     #[test]
