@@ -171,17 +171,7 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal(
     let writer = spawn_writer(&world, stop.clone(), rounds.clone());
 
     // Slow the source's cursors down so DATA_SYNC lasts long enough to be interrupted.
-    world
-        .source
-        .faults()
-        .delay_replies(Some(Duration::from_millis(150)));
-    world
-        .api
-        .clone()
-        .start_task(pb::StartTaskRequest {
-            task_id: task_id.clone(),
-        })
-        .await?;
+    start_slowed(&world, &task_id, Duration::from_millis(150)).await?;
     let before = world
         .wait_task(&task_id, 2 * MINUTE, |t| {
             t.phase == phase(pb::TaskPhase::DataSync)
@@ -306,30 +296,13 @@ async fn spool_cap_reached_fails_the_task_with_the_reason() -> anyhow::Result<()
     seed_app(&world, 1000).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
     // A slow copy while the application writes several MiB of oplog: more than the 1 MiB spool holds.
-    world
-        .source
-        .faults()
-        .delay_replies(Some(Duration::from_millis(200)));
-    world
-        .api
-        .clone()
-        .start_task(pb::StartTaskRequest {
-            task_id: task_id.clone(),
-        })
-        .await?;
+    start_slowed(&world, &task_id, Duration::from_millis(200)).await?;
     world
         .wait_task(&task_id, MINUTE, |t| {
             t.phase == phase(pb::TaskPhase::DataSync)
         })
         .await?;
-    let big = world
-        .source_client
-        .database("app")
-        .collection::<Document>("big");
-    for i in 0..64 {
-        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) })
-            .await?;
-    }
+    write_big_documents(&world).await?;
     let failed = expect_failure(&world, &task_id).await?;
     assert!(
         failed.failure_reason.to_lowercase().contains("spool"),
@@ -349,17 +322,7 @@ async fn source_oplog_rolled_past_the_resume_point_fails_the_task_with_the_reaso
     // Less data than the 2 MiB oplog holds, so the checks pass; the roll-over happens later.
     seed_app(&world, 300).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
-    world
-        .source
-        .faults()
-        .delay_replies(Some(Duration::from_millis(150)));
-    world
-        .api
-        .clone()
-        .start_task(pb::StartTaskRequest {
-            task_id: task_id.clone(),
-        })
-        .await?;
+    start_slowed(&world, &task_id, Duration::from_millis(150)).await?;
     world
         .wait_task(&task_id, MINUTE, |t| {
             t.phase == phase(pb::TaskPhase::DataSync)
@@ -367,14 +330,7 @@ async fn source_oplog_rolled_past_the_resume_point_fails_the_task_with_the_reaso
         })
         .await?;
     world.agent.kill9().await?;
-    let big = world
-        .source_client
-        .database("app")
-        .collection::<Document>("big");
-    for i in 0..64 {
-        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) })
-            .await?;
-    }
+    write_big_documents(&world).await?;
     world.source.faults().clear();
     world.agent.restart().await?;
     let failed = expect_failure(&world, &task_id).await?;
@@ -383,6 +339,32 @@ async fn source_oplog_rolled_past_the_resume_point_fails_the_task_with_the_reaso
         "reason names the oplog: {}",
         failed.failure_reason
     );
+    Ok(())
+}
+
+/// Slows every reply of the source (so DATA_SYNC lasts), then starts the task.
+async fn start_slowed(world: &World, task_id: &str, delay: Duration) -> anyhow::Result<()> {
+    world.source.faults().delay_replies(Some(delay));
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// About 4 MiB of oplog: 64 documents of 64 KiB in `app.big`.
+async fn write_big_documents(world: &World) -> anyhow::Result<()> {
+    let big = world
+        .source_client
+        .database("app")
+        .collection::<Document>("big");
+    for i in 0..64 {
+        big.insert_one(doc! { "_id": i, "blob": "b".repeat(64 * 1024) })
+            .await?;
+    }
     Ok(())
 }
 
