@@ -82,6 +82,25 @@ async fn client(uri: &str, user: &str, password: &str) -> mongodb::Client {
     mongodb::Client::with_options(options).unwrap()
 }
 
+/// Registers `dest` as the catalog's destination instance.
+async fn register_destination(
+    api: &mut ferry_testkit::process::OperatorClient,
+    dest: &mongosim::MongoSim,
+) {
+    api.register_instance(pb::RegisterInstanceRequest {
+        instance: Some(pb::Instance {
+            instance_id: INSTANCE_ID.into(),
+            region: "ap-guangzhou".into(),
+            uri: dest.uri(),
+            username: "admin".into(),
+            password: DEST_PASSWORD.into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+}
+
 async fn world() -> World {
     logs();
     let source = mongosim::MongoSim::builder()
@@ -99,18 +118,7 @@ async fn world() -> World {
     let sandbox = Sandbox::builder().agents(1).build().await.unwrap();
     sandbox.wait_for_agents(1, TIMEOUT).await.unwrap();
     let mut api = sandbox.client().await.unwrap();
-    api.register_instance(pb::RegisterInstanceRequest {
-        instance: Some(pb::Instance {
-            instance_id: INSTANCE_ID.into(),
-            region: "ap-guangzhou".into(),
-            uri: dest.uri(),
-            username: "admin".into(),
-            password: DEST_PASSWORD.into(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
+    register_destination(&mut api, &dest).await;
     World {
         sandbox,
         source,
@@ -370,18 +378,7 @@ async fn a_pool_agent_runs_public_network_checks() {
         .unwrap();
     sandbox.wait_for_agents(2, TIMEOUT).await.unwrap();
     let mut api = sandbox.client().await.unwrap();
-    api.register_instance(pb::RegisterInstanceRequest {
-        instance: Some(pb::Instance {
-            instance_id: INSTANCE_ID.into(),
-            region: "ap-guangzhou".into(),
-            uri: dest.uri(),
-            username: "admin".into(),
-            password: DEST_PASSWORD.into(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
+    register_destination(&mut api, &dest).await;
     let spec = pb::TaskSpec {
         name: "public".into(),
         region: "ap-guangzhou".into(),
