@@ -85,13 +85,12 @@ def main():
     command = "scripts/bench " + " ".join(sys.argv[1:])
 
     run(["cargo", "build", "--release", "--locked", "-p", "mongosim", "--bin", "mongosim"])
-    # The two examples share the name `bench`: build and run one after the other.
-    run(["cargo", "build", "--release", "--locked", "-p", "mongosim", "--example", "bench"])
-    sim_out = capture([os.path.join(RELEASE, "examples", "bench"), str(args.base_docs)])
+    run(["cargo", "build", "--release", "--locked", "-p", "mongosim", "--example", "mongosim_bench"])
+    sim_out = capture([os.path.join(RELEASE, "examples", "mongosim_bench"), str(args.base_docs)])
     sim_insert = float(re.search(r"insert_many[^:]*: ([0-9.]+)", sim_out).group(1))
     sim_scan = float(re.search(r"find scan[^:]*: ([0-9.]+)", sim_out).group(1))
-    run(["cargo", "build", "--release", "--locked", "-p", "ferry-engine", "--example", "bench"])
-    engine_bench = os.path.join(RELEASE, "examples", "bench")
+    run(["cargo", "build", "--release", "--locked", "-p", "ferry-engine", "--example", "engine_bench"])
+    engine_bench = os.path.join(RELEASE, "examples", "engine_bench")
     env = dict(os.environ, BENCH_PASSWORD=PASSWORD)
 
     rows = []

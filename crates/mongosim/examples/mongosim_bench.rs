@@ -2,7 +2,7 @@
 //! and a full `find` scan, then the access paths a migration uses on the `_id` index (batched
 //! `_id` updates like an oplog applier, `$in` lookups, a `$nor` range read, `$sample`).
 //! Run in release mode:
-//! `cargo run --release -p mongosim --example bench -- 200000`.
+//! `cargo run --release -p mongosim --example mongosim_bench -- 200000`.
 
 use std::time::{Duration, Instant};
 
