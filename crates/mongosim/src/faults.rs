@@ -1,11 +1,12 @@
 //! Fault injection for tests: close connections after N commands, delay replies, fail a named
-//! command with a given code, drop every open connection.
+//! command with a given code, drop every open connection, cut the network (an outage).
 //!
 //! Owns the fault rules and their bookkeeping. Handshake and monitoring traffic (`hello`,
-//! `isMaster`, `saslStart`, `saslContinue`, `endSessions`) is never counted or failed, so
-//! drivers can always reconnect. It must not touch sockets itself: the connection loop asks
-//! it what to do.
+//! `isMaster`, `saslStart`, `saslContinue`, `endSessions`) is never counted or failed by the
+//! command rules, so drivers can always reconnect; only an outage refuses it too. It must not
+//! touch sockets itself: the accept and connection loops ask it what to do.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub(crate) enum Action {
 pub struct Faults {
     state: Arc<Mutex<State>>,
     generation_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Checked on every accept and message, hence an atomic rather than part of `state`.
+    outage: Arc<AtomicBool>,
 }
 
 impl Default for Faults {
@@ -51,6 +54,7 @@ impl Default for Faults {
         Self {
             state: Arc::default(),
             generation_tx: Arc::new(tx),
+            outage: Arc::default(),
         }
     }
 }
@@ -114,9 +118,29 @@ impl Faults {
         self.generation_tx.send_modify(|g| *g += 1);
     }
 
-    /// Removes every rule.
+    /// Starts (`true`) or ends (`false`) a network outage. While it lasts, every open
+    /// connection is closed and every new connection is closed as soon as it is accepted,
+    /// before anything is read or answered, handshakes (`hello`, `saslStart`...) included: a
+    /// driver sees the server down exactly as when the network is cut. Nothing else changes
+    /// (data, other rules); [`Faults::clear`] ends an outage too.
+    pub fn set_outage(&self, on: bool) {
+        // The flag is set before the generation moves, so a connection that subscribed to the
+        // generation too late to see the change still sees the flag (see `connection`).
+        self.outage.store(on, Ordering::SeqCst);
+        if on {
+            self.drop_connections();
+        }
+    }
+
+    /// Whether a network outage is in progress.
+    pub fn in_outage(&self) -> bool {
+        self.outage.load(Ordering::SeqCst)
+    }
+
+    /// Removes every rule and ends an outage.
     pub fn clear(&self) {
         self.with(|s| *s = State::default());
+        self.outage.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -172,5 +196,21 @@ mod tests {
         assert!(matches!(f.on_command("find"), Action::Proceed(_)));
         assert!(matches!(f.on_command("insert"), Action::Close));
         assert!(matches!(f.on_command("insert"), Action::Proceed(_)));
+    }
+
+    #[test]
+    fn an_outage_closes_open_connections_and_ends_on_clear() {
+        let f = Faults::default();
+        let mut generation = f.generation();
+        generation.borrow_and_update();
+        assert!(!f.in_outage());
+        f.set_outage(true);
+        assert!(f.in_outage());
+        assert!(generation.has_changed().unwrap_or(false));
+        f.set_outage(false);
+        assert!(!f.in_outage());
+        f.set_outage(true);
+        f.clear();
+        assert!(!f.in_outage());
     }
 }

@@ -72,7 +72,16 @@ pub struct Config {
     pub noop_interval: Duration,
     /// Accept `configureFailPoint` (the real server's `enableTestCommands`).
     pub test_commands: bool,
+    /// Size of the filesystem holding the data, as `dbStats.fsTotalSize` reports it (bytes).
+    pub fs_total_bytes: u64,
+    /// Bytes used on that filesystem, as `dbStats.fsUsedSize` reports it.
+    pub fs_used_bytes: u64,
 }
+
+/// `dbStats.fsTotalSize` unless configured: 100 GiB.
+pub const DEFAULT_FS_TOTAL_BYTES: u64 = 100 << 30;
+/// `dbStats.fsUsedSize` unless configured: 10 GiB.
+pub const DEFAULT_FS_USED_BYTES: u64 = 10 << 30;
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,6 +93,8 @@ impl std::fmt::Debug for Config {
             )
             .field("server_version", &self.server_version)
             .field("oplog_bytes", &self.oplog_bytes)
+            .field("fs_total_bytes", &self.fs_total_bytes)
+            .field("fs_used_bytes", &self.fs_used_bytes)
             .finish()
     }
 }
@@ -130,6 +141,8 @@ impl Default for Builder {
                 oplog_bytes: 64 * 1024 * 1024,
                 noop_interval: Duration::from_secs(10),
                 test_commands: true,
+                fs_total_bytes: DEFAULT_FS_TOTAL_BYTES,
+                fs_used_bytes: DEFAULT_FS_USED_BYTES,
             },
             bind: "127.0.0.1:0".into(),
         }
@@ -197,6 +210,15 @@ impl Builder {
     /// Enables or disables `configureFailPoint` (enabled by default in-process).
     pub fn test_commands(mut self, on: bool) -> Self {
         self.config.test_commands = on;
+        self
+    }
+
+    /// Filesystem figures `dbStats` reports (`fsTotalSize`, `fsUsedSize`, in bytes before
+    /// `scale`); 100 GiB with 10 GiB used by default. Taken as given (`used_bytes` may even
+    /// exceed `total_bytes`), so tests can model a full or a nearly full disk.
+    pub fn filesystem(mut self, total_bytes: u64, used_bytes: u64) -> Self {
+        self.config.fs_total_bytes = total_bytes;
+        self.config.fs_used_bytes = used_bytes;
         self
     }
 

@@ -37,6 +37,13 @@ struct Args {
     /// Accept configureFailPoint (test commands).
     #[arg(long)]
     enable_test_commands: bool,
+    /// Size in bytes of the filesystem dbStats reports (fsTotalSize, before `scale`).
+    #[arg(long, value_name = "BYTES", default_value_t = mongosim::DEFAULT_FS_TOTAL_BYTES)]
+    fs_total_size: u64,
+    /// Bytes used on that filesystem as dbStats reports them (fsUsedSize, before `scale`);
+    /// at most --fs-total-size.
+    #[arg(long, value_name = "BYTES", default_value_t = mongosim::DEFAULT_FS_USED_BYTES)]
+    fs_used_size: u64,
 }
 
 #[tokio::main]
@@ -49,10 +56,18 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.fs_used_size > args.fs_total_size {
+        anyhow::bail!(
+            "--fs-used-size {} exceeds --fs-total-size {}: a filesystem cannot use more than its size",
+            args.fs_used_size,
+            args.fs_total_size
+        );
+    }
     let mut builder = mongosim::MongoSim::builder()
         .server_version(&args.server_version)
         .oplog_size_mb(args.oplog_size_mb)
-        .test_commands(args.enable_test_commands);
+        .test_commands(args.enable_test_commands)
+        .filesystem(args.fs_total_size, args.fs_used_size);
     builder = if args.single_node {
         builder.single_node()
     } else {

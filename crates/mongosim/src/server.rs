@@ -126,6 +126,12 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                if shared.faults.in_outage() {
+                    // A network outage: the peer sees the connection die before any byte.
+                    debug!(%peer, "fault injection: outage, closing a new connection");
+                    drop(stream);
+                    continue;
+                }
                 let id = shared.conn_counter.fetch_add(1, Ordering::Relaxed) + 1;
                 let s = shared.clone();
                 shared.tracker.spawn(async move {
@@ -172,6 +178,11 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, conn_id: i32) -> Res
     let mut state = ConnState::new(conn_id);
     let mut generation = shared.faults.generation();
     generation.borrow_and_update();
+    // Checked after subscribing: an outage that began before is seen here, one that begins
+    // later moves the generation.
+    if shared.faults.in_outage() {
+        return Ok(());
+    }
     let mut next_request_id: i32 = 1;
     loop {
         let msg = tokio::select! {
@@ -182,6 +193,10 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, conn_id: i32) -> Res
         let Some((header, payload)) = msg else {
             return Ok(());
         };
+        if shared.faults.in_outage() {
+            // Read in the same instant the outage began: never answered.
+            return Ok(());
+        }
         let request = match wire::parse(&header, &payload) {
             Ok(r) => r,
             Err(WireError::Reply(e)) => {
@@ -241,6 +256,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, conn_id: i32) -> Res
                     if let Some(d) = delay {
                         tokio::select! {
                             _ = shared.cancel.cancelled() => return Ok(()),
+                            _ = generation.changed() => return Ok(()),
                             _ = tokio::time::sleep(d) => {}
                         }
                     }
@@ -251,7 +267,13 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, conn_id: i32) -> Res
         let reply = match reply {
             Some(r) => r,
             None => {
-                let result = commands::dispatch(&shared, &mut state, cmd, sequences, legacy).await;
+                // Only awaitable `hello` and awaitData `getMore` wait inside; a dropped connection
+                // (or an outage) must not wait for them to end. An interrupted getMore loses its
+                // cursor, as a getMore that fails on a real server kills it.
+                let result = tokio::select! {
+                    _ = generation.changed() => return Ok(()),
+                    r = commands::dispatch(&shared, &mut state, cmd, sequences, legacy) => r,
+                };
                 match result {
                     Ok(r) => r,
                     Err(e) => Reply::Doc(error_reply(&shared, &e, retryable_write)),

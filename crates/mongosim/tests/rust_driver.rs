@@ -603,3 +603,145 @@ async fn periodic_noops_keep_an_idle_oplog_moving() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_outage_makes_the_server_unreachable_until_it_ends() {
+    let sim = MongoSim::builder()
+        .user("root", "secret")
+        .start()
+        .await
+        .unwrap();
+    let mut opts = ClientOptions::parse(sim.uri_with_credentials("root", "secret"))
+        .await
+        .unwrap();
+    opts.server_selection_timeout = Some(Duration::from_millis(500));
+    let c = Client::with_options(opts).unwrap();
+    let admin = c.database("admin");
+    admin.run_command(doc! {"ping": 1}).await.unwrap();
+
+    sim.faults().set_outage(true);
+    // The first ping may die on its pooled connection (I/O error); from then on the server is
+    // unknown and cannot be selected, as when the network is cut.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let err = admin.run_command(doc! {"ping": 1}).await.unwrap_err();
+        if matches!(*err.kind, mongodb::error::ErrorKind::ServerSelection { .. }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server selection error: {err}"
+        );
+    }
+
+    sim.faults().set_outage(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.run_command(doc! {"ping": 1}).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "still unreachable: {e}"),
+        }
+    }
+    c.database("app")
+        .collection::<Document>("c")
+        .insert_one(doc! {"a": 1})
+        .await
+        .unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn db_stats_reports_the_configured_filesystem() {
+    const MIB: u64 = 1 << 20;
+    let sim = MongoSim::builder()
+        .filesystem(51_200 * MIB, 12_345 * MIB)
+        .start()
+        .await
+        .unwrap();
+    let c = client(&sim.uri()).await;
+    let db = c.database("app");
+    db.collection::<Document>("c")
+        .insert_one(doc! {"a": 1})
+        .await
+        .unwrap();
+    let ds = db.run_command(doc! {"dbStats": 1}).await.unwrap();
+    assert_eq!(ds.get_f64("fsTotalSize").unwrap(), (51_200 * MIB) as f64);
+    assert_eq!(ds.get_f64("fsUsedSize").unwrap(), (12_345 * MIB) as f64);
+    let ds = db
+        .run_command(doc! {"dbStats": 1, "scale": MIB as i64})
+        .await
+        .unwrap();
+    assert_eq!(ds.get_f64("fsTotalSize").unwrap(), 51_200.0);
+    assert_eq!(ds.get_f64("fsUsedSize").unwrap(), 12_345.0);
+    assert_eq!(ds.get_f64("scaleFactor").unwrap(), MIB as f64);
+    sim.shutdown().await;
+
+    // The defaults: 100 GiB with 10 GiB used.
+    let sim = MongoSim::builder().start().await.unwrap();
+    let c = client(&sim.uri()).await;
+    let ds = c
+        .database("app")
+        .run_command(doc! {"dbStats": 1, "scale": 1024})
+        .await
+        .unwrap();
+    assert_eq!(
+        ds.get_f64("fsTotalSize").unwrap(),
+        (mongosim::DEFAULT_FS_TOTAL_BYTES / 1024) as f64
+    );
+    assert_eq!(ds.get_f64("fsUsedSize").unwrap(), (10u64 << 20) as f64);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_reports_the_filesystem_given_by_its_flags() {
+    use tokio::io::AsyncBufReadExt;
+    let bin = env!("CARGO_BIN_EXE_mongosim");
+    let bad = tokio::process::Command::new(bin)
+        .args([
+            "--port",
+            "0",
+            "--fs-total-size",
+            "100",
+            "--fs-used-size",
+            "101",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--fs-used-size"), "{stderr}");
+
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "--port",
+            "0",
+            "--fs-total-size",
+            "2000000",
+            "--fs-used-size",
+            "500000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("mongosim listening on ")
+        .unwrap()
+        .to_string();
+    let c = client(&format!("mongodb://{addr}/?directConnection=true")).await;
+    let ds = c
+        .database("app")
+        .run_command(doc! {"dbStats": 1, "scale": 1000})
+        .await
+        .unwrap();
+    assert_eq!(ds.get_f64("fsTotalSize").unwrap(), 2000.0);
+    assert_eq!(ds.get_f64("fsUsedSize").unwrap(), 500.0);
+    child.kill().await.unwrap();
+}

@@ -215,3 +215,46 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn an_outage_closes_open_connections_and_refuses_handshakes_until_it_ends() {
+    let sim = MongoSim::builder().start().await.unwrap();
+    // An awaitable hello in progress (the drivers' monitoring connection) is cut at once.
+    let mut monitor = TcpStream::connect(sim.addr()).await.unwrap();
+    monitor
+        .write_all(&op_msg(1, 0, &doc! {"hello": 1, "$db": "admin"}))
+        .await
+        .unwrap();
+    let (_, _, _, d) = read_reply(&mut monitor).await.unwrap();
+    let tv = d.get_document("topologyVersion").unwrap().clone();
+    let req = doc! {"hello": 1, "topologyVersion": tv, "maxAwaitTimeMS": 60_000i64, "$db": "admin"};
+    monitor.write_all(&op_msg(2, 0, &req)).await.unwrap();
+    let mut idle = TcpStream::connect(sim.addr()).await.unwrap();
+    // A round trip on another connection, so the server has most likely started the wait.
+    ping_ok(&sim).await;
+    sim.faults().set_outage(true);
+    assert!(sim.faults().in_outage());
+    assert!(closed(&mut monitor).await, "awaitable hello survived");
+    assert!(closed(&mut idle).await, "idle connection survived");
+    // New connections are closed before their handshake is read, legacy or OP_MSG.
+    let mut s = TcpStream::connect(sim.addr()).await.unwrap();
+    let _ = s
+        .write_all(&op_query(3, "admin.$cmd", &doc! {"isMaster": 1}))
+        .await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut s)).await;
+    assert!(matches!(reply, Ok(None)), "legacy handshake answered");
+    let mut s = TcpStream::connect(sim.addr()).await.unwrap();
+    let _ = s
+        .write_all(&op_msg(4, 0, &doc! {"hello": 1, "$db": "admin"}))
+        .await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut s)).await;
+    assert!(matches!(reply, Ok(None)), "hello answered");
+    sim.faults().set_outage(false);
+    ping_ok(&sim).await;
+    // `clear` ends an outage too.
+    sim.faults().set_outage(true);
+    sim.faults().clear();
+    assert!(!sim.faults().in_outage());
+    ping_ok(&sim).await;
+    sim.shutdown().await;
+}

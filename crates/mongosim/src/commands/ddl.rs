@@ -463,8 +463,8 @@ pub fn db_stats(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
                 "indexSize": (idx_size / scale) as f64,
                 "totalSize": ((storage + idx_size) / scale) as f64,
                 "scaleFactor": scale as f64,
-                "fsUsedSize": 10_737_418_240.0 / scale as f64,
-                "fsTotalSize": 107_374_182_400.0 / scale as f64,
+                "fsUsedSize": shared.config.fs_used_bytes as f64 / scale as f64,
+                "fsTotalSize": shared.config.fs_total_bytes as f64 / scale as f64,
                 "ok": 1.0,
             }
         });
