@@ -75,7 +75,8 @@ impl Applier {
                 return Ok(None);
             }
             if target.is_none() && ctx.control.complete_requested() {
-                let newest = plan::oplog_edge(&ctx.src, &ctx.cancel, true).await?;
+                let newest =
+                    plan::oplog_edge(&ctx.src, &ctx.cancel, ctx.retry_budget(), true).await?;
                 let t = newest.unwrap_or(self.copy_end).max(self.copy_end);
                 tracing::info!(task_id = %ctx.cfg.task_id, target = %t, "cut-over requested: applying through the source's newest entry");
                 target = Some(t);
@@ -250,6 +251,7 @@ impl Applier {
                 let r = mongo::command(
                     &ctx.dst,
                     &ctx.cancel,
+                    ctx.retry_budget(),
                     Side::Destination,
                     db,
                     doc! {"drop": &target},
@@ -265,6 +267,7 @@ impl Applier {
                 mongo::command(
                     &ctx.dst,
                     &ctx.cancel,
+                    ctx.retry_budget(),
                     Side::Destination,
                     db,
                     doc! {"dropDatabase": 1},
@@ -287,6 +290,7 @@ impl Applier {
                     let r = mongo::command(
                         &ctx.dst,
                         &ctx.cancel,
+                        ctx.retry_budget(),
                         Side::Destination,
                         fdb,
                         doc! {"drop": fname},
@@ -317,6 +321,7 @@ impl Applier {
                 let r = mongo::command(
                     &ctx.dst,
                     &ctx.cancel,
+                    ctx.retry_budget(),
                     Side::Destination,
                     "admin",
                     doc! {"renameCollection": &from, "to": &to, "dropTarget": drop_target},
@@ -329,6 +334,7 @@ impl Applier {
                         mongo::command(
                             &ctx.dst,
                             &ctx.cancel,
+                            ctx.retry_budget(),
                             Side::Destination,
                             "admin",
                             doc! {"renameCollection": &from, "to": &to, "dropTarget": true},
@@ -374,6 +380,7 @@ impl Applier {
                 let r = mongo::command(
                     &ctx.dst,
                     &ctx.cancel,
+                    ctx.retry_budget(),
                     Side::Destination,
                     db,
                     doc! {"dropIndexes": &target, "index": index},
@@ -386,8 +393,15 @@ impl Applier {
                 }
             }
             "collMod" => {
-                let r =
-                    mongo::command(&ctx.dst, &ctx.cancel, Side::Destination, db, cmd.clone()).await;
+                let r = mongo::command(
+                    &ctx.dst,
+                    &ctx.cancel,
+                    ctx.retry_budget(),
+                    Side::Destination,
+                    db,
+                    cmd.clone(),
+                )
+                .await;
                 if let Err(e) = r {
                     if !tolerate(&e, &[26, 27]) {
                         return Err(e.into_engine("collMod", &ns));
@@ -416,6 +430,7 @@ impl Applier {
         let r = mongo::command(
             &self.ctx.dst,
             &self.ctx.cancel,
+            self.ctx.retry_budget(),
             Side::Destination,
             db,
             doc! {"createIndexes": coll, "indexes": specs},
@@ -691,12 +706,18 @@ impl<'a> Worker<'a> {
         };
         let coll = client.database(db).collection::<Document>(name);
         let filter = doc! {"_id": {"$in": ids.to_vec()}};
-        let found = mongo::retry(&self.ctx.cancel, side, "prefetch", || async {
-            coll.find(filter.clone())
-                .await?
-                .try_collect::<Vec<Document>>()
-                .await
-        })
+        let found = mongo::retry(
+            &self.ctx.cancel,
+            self.ctx.retry_budget(),
+            side,
+            "prefetch",
+            || async {
+                coll.find(filter.clone())
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await
+            },
+        )
         .await
         .map_err(|e| e.into_engine("find", ns))?
         .unwrap_or_default();
@@ -718,9 +739,13 @@ impl<'a> Worker<'a> {
             Side::Destination => &self.ctx.dst,
         };
         let coll = client.database(db).collection::<Document>(name);
-        Ok(mongo::retry(&self.ctx.cancel, side, "find", || {
-            coll.find_one(key.clone()).into_future()
-        })
+        Ok(mongo::retry(
+            &self.ctx.cancel,
+            self.ctx.retry_budget(),
+            side,
+            "find",
+            || coll.find_one(key.clone()).into_future(),
+        )
         .await
         .map_err(|e| e.into_engine("find", ns))?
         .flatten())
@@ -770,9 +795,16 @@ impl<'a> Worker<'a> {
                     doc! {"insert": coll, "documents": batch, "ordered": true, "bypassDocumentValidation": true}
                 }
             };
-            let reply = mongo::command(&self.ctx.dst, &self.ctx.cancel, Side::Destination, db, cmd)
-                .await
-                .map_err(|e| e.into_engine("apply oplog batch", &ns))?;
+            let reply = mongo::command(
+                &self.ctx.dst,
+                &self.ctx.cancel,
+                self.ctx.retry_budget(),
+                Side::Destination,
+                db,
+                cmd,
+            )
+            .await
+            .map_err(|e| e.into_engine("apply oplog batch", &ns))?;
             let Some(reply) = reply else { return Ok(()) };
             let first_err = reply
                 .get_array("writeErrors")

@@ -85,6 +85,11 @@ impl Ctx {
         self.cancel.cancel();
     }
 
+    /// How long transient failures are retried without progress (`tuning.retry_budget`).
+    pub(crate) fn retry_budget(&self) -> std::time::Duration {
+        self.cfg.tuning.retry_budget
+    }
+
     pub(crate) fn take_failure(&self) -> Option<EngineError> {
         lock(&self.failure).take()
     }

@@ -108,7 +108,7 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
                     // The attempt made progress: the retry budget counts from this failure.
                     started = std::time::Instant::now();
                 }
-                if mongo::is_transient(&e.0) && started.elapsed() < mongo::RETRY_BUDGET {
+                if mongo::is_transient(&e.0) && started.elapsed() < ctx.retry_budget() {
                     tracing::warn!(error = %e.0, %ns, range = ri, side = e.1.name(), "range copy interrupted, retrying");
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => return Ok(()),
@@ -121,6 +121,7 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
                     transient: mongo::is_transient(&e.0),
                     error: e.0,
                     side: e.1,
+                    budget: ctx.retry_budget(),
                 }
                 .into_engine("copy range", &ns);
                 ctx.fail(err);
@@ -270,6 +271,7 @@ pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), En
     mongo::command(
         &ctx.dst,
         &ctx.cancel,
+        ctx.retry_budget(),
         Side::Destination,
         db,
         mongodb::bson::doc! {"delete": name, "deletes": [{"q": {}, "limit": 0}]},
@@ -292,7 +294,7 @@ pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), En
         .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if mongo::is_transient(&e.0) && started.elapsed() < mongo::RETRY_BUDGET => {
+            Err(e) if mongo::is_transient(&e.0) && started.elapsed() < ctx.retry_budget() => {
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
@@ -304,6 +306,7 @@ pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), En
                     error: e.0,
                     transient,
                     side: e.1,
+                    budget: ctx.retry_budget(),
                 }
                 .into_engine("re-copy", ns));
             }

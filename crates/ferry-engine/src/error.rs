@@ -9,10 +9,12 @@ pub enum EngineError {
         "cannot connect to the {side} ({detail}): check the address, credentials and network path"
     )]
     Connect { side: &'static str, detail: String },
-    #[error("{side} unreachable for too long during {operation}: {detail}; the task can resume from its last checkpoint once the {side} is reachable")]
+    #[error("{side} unreachable for longer than the retry budget ({budget:?}) during {operation}: {detail}; restore connectivity to the {side}, then start the task again (StartTask) to resume from its last checkpoint, or stop it (StopTask) to roll back")]
     Unavailable {
         side: &'static str,
         operation: String,
+        /// `tuning.retry_budget`: how long it was retried without progress.
+        budget: std::time::Duration,
         detail: String,
     },
     #[error("{operation} on {namespace} failed on the {side}: {detail}")]

@@ -50,12 +50,14 @@ pub async fn run_migration(
     events: mpsc::Sender<EngineEvent>,
 ) -> Result<Outcome, EngineError> {
     let started = Instant::now();
+    config.tuning.validate()?;
+    let budget = config.tuning.retry_budget;
     let stop = control.cancel_token().clone();
     let src = mongo::connect(&config.source, Side::Source).await?;
     let dst = mongo::connect(&config.destination, Side::Destination).await?;
-    mongo::ping(&src, Side::Source, &stop).await?;
-    mongo::ping(&dst, Side::Destination, &stop).await?;
-    let (max_docs, max_bytes) = destination_limits(&dst, &stop).await;
+    mongo::ping(&src, Side::Source, &stop, budget).await?;
+    mongo::ping(&dst, Side::Destination, &stop, budget).await?;
+    let (max_docs, max_bytes) = destination_limits(&dst, &stop, budget).await;
     let filter = NsFilter::new(&config.databases);
 
     let (st, start_ts, phase, last_applied) = match &resume {
@@ -68,14 +70,14 @@ pub async fn run_migration(
         }
         None => {
             // The start point is taken before any data is read (reference §8.6).
-            let start =
-                plan::oplog_edge(&src, &stop, true)
-                    .await?
-                    .ok_or_else(|| EngineError::NoOplog {
-                        detail: "no oplog entry found".into(),
-                    })?;
-            let oldest_txn = plan::oldest_open_txn(&src, &stop).await;
-            let mut st = plan::build(&src, &stop, &filter, config.tuning.docs_per_range).await?;
+            let start = plan::oplog_edge(&src, &stop, budget, true)
+                .await?
+                .ok_or_else(|| EngineError::NoOplog {
+                    detail: "no oplog entry found".into(),
+                })?;
+            let oldest_txn = plan::oldest_open_txn(&src, &stop, budget).await;
+            let mut st =
+                plan::build(&src, &stop, budget, &filter, config.tuning.docs_per_range).await?;
             st.fetch_from = oldest_txn.filter(|t| *t < start).map(state::pair);
             (st, start, Phase::DataSync, None)
         }
@@ -184,7 +186,7 @@ async fn phases(
         if ctx.cancel.is_cancelled() {
             return Ok(Outcome::Stopped);
         }
-        let copy_end = plan::oplog_edge(&ctx.src, &ctx.cancel, true)
+        let copy_end = plan::oplog_edge(&ctx.src, &ctx.cancel, ctx.retry_budget(), true)
             .await?
             .unwrap_or(ctx.start_ts);
         ctx.state().copy_end = Some(state::pair(copy_end));
@@ -258,8 +260,20 @@ fn sanitize(id: &str) -> String {
 }
 
 /// Batch limits from the destination's `hello` (maxWriteBatchSize, maxMessageSizeBytes), capped by our budgets.
-async fn destination_limits(dst: &mongodb::Client, cancel: &CancellationToken) -> (usize, usize) {
-    let hello = mongo::command(dst, cancel, Side::Destination, "admin", doc! {"hello": 1}).await;
+async fn destination_limits(
+    dst: &mongodb::Client,
+    cancel: &CancellationToken,
+    budget: std::time::Duration,
+) -> (usize, usize) {
+    let hello = mongo::command(
+        dst,
+        cancel,
+        budget,
+        Side::Destination,
+        "admin",
+        doc! {"hello": 1},
+    )
+    .await;
     let (mut docs, mut bytes) = (DEFAULT_MAX_WRITE_BATCH, 48_000_000usize);
     if let Ok(Some(h)) = hello {
         if let Ok(n) = h.get_i32("maxWriteBatchSize") {
@@ -293,7 +307,17 @@ pub async fn rollback(
     let mut dropped = Vec::new();
     for ns in st.created.iter().rev() {
         let (db, name) = plan::split_ns(ns);
-        match mongo::command(&dst, &cancel, Side::Destination, db, doc! {"drop": name}).await {
+        let drop = doc! {"drop": name};
+        match mongo::command(
+            &dst,
+            &cancel,
+            config.tuning.retry_budget,
+            Side::Destination,
+            db,
+            drop,
+        )
+        .await
+        {
             Ok(_) => {}
             Err(e) if mongo::error_code(&e.error) == Some(26) => {}
             Err(e) => return Err(e.into_engine("drop", ns)),
@@ -308,7 +332,7 @@ pub async fn rollback(
 pub async fn list_databases(source: &Endpoint) -> Result<Vec<(String, u64, bool)>, EngineError> {
     let src = mongo::connect(source, Side::Source).await?;
     let cancel = CancellationToken::new();
-    let dbs = plan::databases(&src, &cancel).await?;
+    let dbs = plan::databases(&src, &cancel, Tuning::default().retry_budget).await?;
     Ok(dbs
         .into_iter()
         .filter(|(n, _, _)| !oplog::SYSTEM_DBS.contains(&n.as_str()))

@@ -29,8 +29,6 @@ impl Side {
     }
 }
 
-/// How long transient failures are retried before the task fails (resumable).
-pub(crate) const RETRY_BUDGET: Duration = Duration::from_secs(120);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(3);
 
@@ -100,10 +98,11 @@ pub(crate) fn is_transient(e: &MongoError) -> bool {
     }
 }
 
-/// Runs `op` until it succeeds, fails permanently, the budget runs out or `cancel` fires.
-/// Returns `Ok(None)` when cancelled.
+/// Runs `op` until it succeeds, fails permanently, `budget` runs out (counted from this call: the
+/// last progress, since any success returns) or `cancel` fires. Returns `Ok(None)` when cancelled.
 pub(crate) async fn retry<T, F, Fut>(
     cancel: &CancellationToken,
+    budget: Duration,
     side: Side,
     what: &str,
     mut op: F,
@@ -122,7 +121,7 @@ where
         };
         match res {
             Ok(v) => return Ok(Some(v)),
-            Err(error) if is_transient(&error) && started.elapsed() < RETRY_BUDGET => {
+            Err(error) if is_transient(&error) && started.elapsed() < budget => {
                 attempt += 1;
                 tracing::warn!(%error, attempt, side = side.name(), operation = what, "transient error, retrying");
                 tokio::select! {
@@ -137,6 +136,7 @@ where
                     error,
                     transient,
                     side,
+                    budget,
                 });
             }
         }
@@ -149,6 +149,8 @@ pub(crate) struct RetryError {
     pub error: MongoError,
     pub transient: bool,
     pub side: Side,
+    /// The retry budget that ran out (for the operator's message).
+    pub budget: Duration,
 }
 
 impl RetryError {
@@ -157,6 +159,7 @@ impl RetryError {
             EngineError::Unavailable {
                 side: self.side.name(),
                 operation: format!("{operation} on {namespace}"),
+                budget: self.budget,
                 detail: self.error.to_string(),
             }
         } else {
@@ -174,12 +177,13 @@ impl RetryError {
 pub(crate) async fn command(
     client: &Client,
     cancel: &CancellationToken,
+    budget: Duration,
     side: Side,
     db: &str,
     cmd: Document,
 ) -> Result<Option<Document>, RetryError> {
     let database = client.database(db);
-    retry(cancel, side, "command", || {
+    retry(cancel, budget, side, "command", || {
         database.run_command(cmd.clone()).into_future()
     })
     .await
@@ -190,8 +194,9 @@ pub(crate) async fn ping(
     client: &Client,
     side: Side,
     cancel: &CancellationToken,
+    budget: Duration,
 ) -> Result<(), EngineError> {
-    match command(client, cancel, side, "admin", doc! {"ping": 1}).await {
+    match command(client, cancel, budget, side, "admin", doc! {"ping": 1}).await {
         Ok(_) => Ok(()),
         Err(e) => Err(EngineError::Connect {
             side: side.name(),

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::future::IntoFuture;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -26,11 +27,12 @@ use crate::EngineError;
 pub(crate) async fn oplog_edge(
     src: &Client,
     cancel: &CancellationToken,
+    budget: Duration,
     newest: bool,
 ) -> Result<Option<OpTime>, EngineError> {
     let coll = src.database("local").collection::<Document>("oplog.rs");
     let dir = if newest { -1 } else { 1 };
-    let found = mongo::retry(cancel, Side::Source, "read oplog edge", || {
+    let found = mongo::retry(cancel, budget, Side::Source, "read oplog edge", || {
         coll.find_one(doc! {})
             .sort(doc! {"$natural": dir})
             .projection(doc! {"ts": 1})
@@ -53,17 +55,27 @@ pub(crate) async fn oplog_edge(
 }
 
 /// Oldest `startOpTime` of transactions open on the source (reference §8.6 beginFetching).
-pub(crate) async fn oldest_open_txn(src: &Client, cancel: &CancellationToken) -> Option<OpTime> {
+pub(crate) async fn oldest_open_txn(
+    src: &Client,
+    cancel: &CancellationToken,
+    budget: Duration,
+) -> Option<OpTime> {
     let coll = src
         .database("config")
         .collection::<Document>("transactions");
     let filter = doc! {"state": {"$in": ["inProgress", "prepared"]}};
-    let res = mongo::retry(cancel, Side::Source, "read open transactions", || async {
-        coll.find(filter.clone())
-            .await?
-            .try_collect::<Vec<Document>>()
-            .await
-    })
+    let res = mongo::retry(
+        cancel,
+        budget,
+        Side::Source,
+        "read open transactions",
+        || async {
+            coll.find(filter.clone())
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        },
+    )
     .await;
     let docs = match res {
         Ok(Some(d)) => d,
@@ -83,10 +95,12 @@ pub(crate) async fn oldest_open_txn(src: &Client, cancel: &CancellationToken) ->
 pub(crate) async fn databases(
     src: &Client,
     cancel: &CancellationToken,
+    budget: Duration,
 ) -> Result<Vec<(String, u64, bool)>, EngineError> {
     let reply = mongo::command(
         src,
         cancel,
+        budget,
         Side::Source,
         "admin",
         doc! {"listDatabases": 1},
@@ -115,11 +129,12 @@ pub(crate) async fn databases(
 async fn list_collections(
     client: &Client,
     cancel: &CancellationToken,
+    budget: Duration,
     side: Side,
     db: &str,
 ) -> Result<Vec<Document>, EngineError> {
     let database = client.database(db);
-    mongo::retry(cancel, side, "listCollections", || async {
+    mongo::retry(cancel, budget, side, "listCollections", || async {
         database
             .run_cursor_command(doc! {"listCollections": 1})
             .await?
@@ -144,13 +159,14 @@ fn num(d: &Document, key: &str) -> u64 {
 pub(crate) async fn build(
     src: &Client,
     cancel: &CancellationToken,
+    budget: Duration,
     filter: &NsFilter,
     docs_per_range: u64,
 ) -> Result<EngineState, EngineError> {
     let mut st = EngineState::new();
-    let dbs = databases(src, cancel).await?;
+    let dbs = databases(src, cancel, budget).await?;
     for (db, _, _) in dbs.iter().filter(|(db, _, _)| filter.db_selected(db)) {
-        for entry in list_collections(src, cancel, Side::Source, db).await? {
+        for entry in list_collections(src, cancel, budget, Side::Source, db).await? {
             let Ok(name) = entry.get_str("name") else {
                 continue;
             };
@@ -161,7 +177,7 @@ pub(crate) async fn build(
             let options = entry.get_document("options").cloned().unwrap_or_default();
             match entry.get_str("type").unwrap_or("collection") {
                 "collection" => {
-                    let coll = estimate_and_split(src, cancel, db, name, options, docs_per_range).await?;
+                    let coll = estimate_and_split(src, cancel, budget, db, name, options, docs_per_range).await?;
                     st.collections.push(coll);
                 }
                 "view" => st.views.push(ViewState { ns, options: state::to_ext(Bson::Document(options)) }),
@@ -180,20 +196,28 @@ pub(crate) async fn build(
 async fn estimate_and_split(
     src: &Client,
     cancel: &CancellationToken,
+    budget: Duration,
     db: &str,
     name: &str,
     options: Document,
     docs_per_range: u64,
 ) -> Result<CollState, EngineError> {
     let ns = format!("{db}.{name}");
-    let count = mongo::command(src, cancel, Side::Source, db, doc! {"count": name})
+    let count = mongo::command(src, cancel, budget, Side::Source, db, doc! {"count": name})
         .await
         .map(|r| r.map(|d| num(&d, "n")).unwrap_or(0))
         .unwrap_or(0);
-    let size = mongo::command(src, cancel, Side::Source, db, doc! {"collStats": name})
-        .await
-        .map(|r| r.map(|d| num(&d, "size")).unwrap_or(0))
-        .unwrap_or(0);
+    let size = mongo::command(
+        src,
+        cancel,
+        budget,
+        Side::Source,
+        db,
+        doc! {"collStats": name},
+    )
+    .await
+    .map(|r| r.map(|d| num(&d, "size")).unwrap_or(0))
+    .unwrap_or(0);
     let n_ranges = if docs_per_range == 0 {
         1
     } else {
@@ -208,7 +232,7 @@ async fn estimate_and_split(
             doc! {"$project": {"_id": 1}},
             doc! {"$sort": {"_id": 1}},
         ];
-        let sample = mongo::retry(cancel, Side::Source, "sample _id", || async {
+        let sample = mongo::retry(cancel, budget, Side::Source, "sample _id", || async {
             coll.aggregate(pipeline.clone())
                 .await?
                 .try_collect::<Vec<Document>>()
@@ -244,13 +268,17 @@ pub(crate) fn split_ns(ns: &str) -> (&str, &str) {
 
 /// Names of the collections and views existing on the destination in `db`.
 pub(crate) async fn dest_names(ctx: &Ctx, db: &str) -> Result<HashSet<String>, EngineError> {
-    Ok(
-        list_collections(&ctx.dst, &ctx.cancel, Side::Destination, db)
-            .await?
-            .iter()
-            .filter_map(|d| d.get_str("name").ok().map(str::to_string))
-            .collect(),
+    Ok(list_collections(
+        &ctx.dst,
+        &ctx.cancel,
+        ctx.retry_budget(),
+        Side::Destination,
+        db,
     )
+    .await?
+    .iter()
+    .filter_map(|d| d.get_str("name").ok().map(str::to_string))
+    .collect())
 }
 
 /// Creates `ns` with `options` unless it exists; records it as created (and checkpoints) first.
@@ -278,7 +306,16 @@ pub(crate) async fn create_namespace(
             cmd.insert(k.clone(), v.clone());
         }
     }
-    match mongo::command(&ctx.dst, &ctx.cancel, Side::Destination, db, cmd).await {
+    match mongo::command(
+        &ctx.dst,
+        &ctx.cancel,
+        ctx.retry_budget(),
+        Side::Destination,
+        db,
+        cmd,
+    )
+    .await
+    {
         Ok(_) => {}
         Err(e) if error_code(&e.error) == Some(48) => {}
         Err(e) => return Err(e.into_engine("create", ns)),
@@ -368,13 +405,19 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
         let (db, name) = split_ns(ns);
         let cmd = doc! {"listIndexes": name};
         let database = ctx.src.database(db);
-        let res = mongo::retry(&ctx.cancel, Side::Source, "listIndexes", || async {
-            database
-                .run_cursor_command(cmd.clone())
-                .await?
-                .try_collect::<Vec<Document>>()
-                .await
-        })
+        let res = mongo::retry(
+            &ctx.cancel,
+            ctx.retry_budget(),
+            Side::Source,
+            "listIndexes",
+            || async {
+                database
+                    .run_cursor_command(cmd.clone())
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await
+            },
+        )
         .await;
         let specs = match res {
             Ok(Some(s)) => s,
@@ -401,7 +444,16 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
         let (db, name) = split_ns(&ns);
         let n = specs.len() as u32;
         let cmd = doc! {"createIndexes": name, "indexes": specs};
-        match mongo::command(&ctx.dst, &ctx.cancel, Side::Destination, db, cmd).await {
+        match mongo::command(
+            &ctx.dst,
+            &ctx.cancel,
+            ctx.retry_budget(),
+            Side::Destination,
+            db,
+            cmd,
+        )
+        .await
+        {
             Ok(None) => return Ok(()),
             Ok(Some(_)) => {}
             Err(e) if matches!(error_code(&e.error), Some(85) | Some(86) | Some(68)) => {
@@ -422,15 +474,20 @@ pub(crate) async fn unique_namespaces(ctx: &Ctx, namespaces: &[String]) -> HashS
         let (db, name) = split_ns(ns);
         let database = ctx.dst.database(db);
         let cmd = doc! {"listIndexes": name};
-        if let Ok(Some(specs)) =
-            mongo::retry(&ctx.cancel, Side::Destination, "listIndexes", || async {
+        if let Ok(Some(specs)) = mongo::retry(
+            &ctx.cancel,
+            ctx.retry_budget(),
+            Side::Destination,
+            "listIndexes",
+            || async {
                 database
                     .run_cursor_command(cmd.clone())
                     .await?
                     .try_collect::<Vec<Document>>()
                     .await
-            })
-            .await
+            },
+        )
+        .await
         {
             if specs.iter().any(|s| {
                 s.get_bool("unique").unwrap_or(false) && s.get_str("name").ok() != Some("_id_")

@@ -131,7 +131,7 @@ async fn read_oplog(
                 })
             }
             Err(TailError::Mongo(e))
-                if mongo::is_transient(&e) && last_ok.elapsed() < mongo::RETRY_BUDGET =>
+                if mongo::is_transient(&e) && last_ok.elapsed() < ctx.retry_budget() =>
             {
                 tracing::warn!(error = %e, last = %last, "oplog tail interrupted, retrying");
             }
@@ -141,6 +141,7 @@ async fn read_oplog(
                     error: e,
                     transient,
                     side: Side::Source,
+                    budget: ctx.retry_budget(),
                 }
                 .into_engine("tail oplog", "local.oplog.rs"));
             }
@@ -218,7 +219,7 @@ async fn tail_once(
 /// Polls the source's newest oplog `ts` every second for lag reporting.
 pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
     loop {
-        match crate::plan::oplog_edge(&ctx.src, &done, true).await {
+        match crate::plan::oplog_edge(&ctx.src, &done, ctx.retry_budget(), true).await {
             Ok(Some(t)) => ctx.live.source_newest.store(pack(t), Ordering::SeqCst),
             Ok(None) => return,
             Err(error) => tracing::debug!(%error, "cannot read the source's newest oplog entry"),

@@ -11,6 +11,8 @@ use mongodb::bson::Timestamp;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::EngineError;
+
 /// A MongoDB endpoint. Credentials are set on `ClientOptions`, never put into the URI string.
 #[derive(Clone, Default)]
 pub struct Endpoint {
@@ -44,6 +46,10 @@ pub struct Tuning {
     pub progress_interval: Duration,
     /// Cap of the on-disk oplog spool; reaching it fails the task.
     pub spool_cap_bytes: u64,
+    /// How long transient failures (network, server selection, primary changes, retryable labels)
+    /// are retried without progress before the task fails with a resumable `Unavailable` error.
+    /// Counted from the last progress of the failing operation. Must be greater than zero.
+    pub retry_budget: Duration,
 }
 
 impl Default for Tuning {
@@ -55,7 +61,22 @@ impl Default for Tuning {
             checkpoint_interval: Duration::from_secs(2),
             progress_interval: Duration::from_millis(500),
             spool_cap_bytes: 8 << 30,
+            retry_budget: Duration::from_secs(120),
         }
+    }
+}
+
+impl Tuning {
+    /// Checks the knobs that have no safe reading when out of range (`run_migration` calls it).
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.retry_budget.is_zero() {
+            return Err(EngineError::Config(
+                "tuning.retry_budget is 0: it must be greater than zero (default 120s); it is how long \
+                 transient failures are retried without progress before the task fails"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -244,6 +265,20 @@ mod tests {
         let t = Tuning::default();
         assert!(t.progress_interval <= Duration::from_secs(1));
         assert!(t.copy_workers > 0 && t.apply_workers > 0 && t.spool_cap_bytes > 0);
+        assert_eq!(t.retry_budget, Duration::from_secs(120));
+        assert!(t.validate().is_ok());
+    }
+
+    #[test]
+    fn a_zero_retry_budget_is_rejected_with_the_field_name() {
+        let t = Tuning {
+            retry_budget: Duration::ZERO,
+            ..Tuning::default()
+        };
+        let err = t.validate().expect_err("zero budget");
+        assert!(matches!(err, EngineError::Config(_)), "{err}");
+        assert!(err.to_string().contains("retry_budget"), "{err}");
+        assert!(!err.resumable());
     }
 
     #[test]

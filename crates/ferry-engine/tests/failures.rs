@@ -213,3 +213,221 @@ async fn connection_cuts_on_both_sides_recover() -> Result<()> {
     assert_equal(&p, &["app"]).await?;
     Ok(())
 }
+
+/// Updates `app.items` (ids below `n`) every 2 ms until `stop`; returns how many it wrote.
+fn spawn_updater(
+    src: Client,
+    stop: Arc<AtomicBool>,
+    n: i32,
+) -> tokio::task::JoinHandle<Result<i32>> {
+    tokio::spawn(async move {
+        let c = src.database("app").collection::<Document>("items");
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) {
+            c.update_one(doc! {"_id": i % n}, doc! {"$set": {"w": i}})
+                .await?;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        anyhow::Ok(i)
+    })
+}
+
+/// Waits (up to `timeout`) until `client` answers a ping again after an outage.
+async fn wait_reachable(client: &Client, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match client.database("admin").run_command(doc! {"ping": 1}).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("still unreachable after {timeout:?}: {e}")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Inserts `n` documents from `from`, updates and deletes some of the seeded ones: every kind of
+/// oplog entry, in `app.items`.
+async fn write_changes(src: &Client, from: i32, n: i32) -> Result<()> {
+    let c = src.database("app").collection::<Document>("items");
+    c.insert_many(
+        (from..from + n)
+            .map(|i| doc! {"_id": i, "pad": "z".repeat(50)})
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    for i in 0..n {
+        c.update_one(
+            doc! {"_id": i * 3},
+            doc! {"$inc": {"k": 1}, "$set": {"at": from}},
+        )
+        .await?;
+    }
+    c.delete_many(doc! {"_id": {"$gte": from / 10, "$lt": from / 10 + n / 4}})
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_destination_outage_during_copy_recovers() -> Result<()> {
+    init_tracing();
+    let began = std::time::Instant::now();
+    let p = pair().await?;
+    seed(&p.src, 10_000).await?;
+    let mut config = p.config(&["app"]);
+    config.tuning.docs_per_range = 100;
+    config.tuning.copy_workers = 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_updater(p.src.clone(), stop.clone(), 10_000);
+    // Slow enough that the copy (100 ranges) takes seconds, so the outage finds it running.
+    p.dest
+        .faults()
+        .delay_replies(Some(Duration::from_millis(100)));
+    let run = start(config, None);
+    run.wait_for("documents copied", Duration::from_secs(30), |s| {
+        s.progress
+            .last()
+            .is_some_and(|p| p.phase == Phase::DataSync && p.documents_copied > 0)
+    })
+    .await?;
+    p.dest.faults().set_outage(true);
+    let copy_done = |run: &Run| {
+        run.seen
+            .lock()
+            .unwrap()
+            .phases
+            .contains(&Phase::IndexCreation)
+    };
+    assert!(!copy_done(&run), "the copy ended before the outage began");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!copy_done(&run), "the copy went on during the outage");
+    assert!(
+        !run.handle.is_finished(),
+        "the engine gave up during the outage"
+    );
+    p.dest.faults().set_outage(false);
+    p.dest.faults().delay_replies(None);
+    run.wait_for("oplog sync", Duration::from_secs(60), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    stop.store(true, Ordering::SeqCst);
+    let updates = writer.await??;
+    run.control.request_complete();
+    let out = run.finish(Duration::from_secs(60)).await??;
+    assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    wait_reachable(&p.dst, Duration::from_secs(30)).await?;
+    assert_equal(&p, &["app"]).await?;
+    println!(
+        "a_30_second_destination_outage_during_copy_recovers: {updates} concurrent updates, {:.1}s",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_source_outage_during_oplog_sync_recovers() -> Result<()> {
+    init_tracing();
+    let began = std::time::Instant::now();
+    let p = pair().await?;
+    seed(&p.src, 3000).await?;
+    let run = start(p.config(&["app"]), None);
+    run.wait_for("oplog sync", Duration::from_secs(60), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    // Changes still being tailed when the source disappears.
+    write_changes(&p.src, 100_000, 400).await?;
+    p.source.faults().set_outage(true);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        !run.handle.is_finished(),
+        "the engine gave up during the outage"
+    );
+    p.source.faults().set_outage(false);
+    wait_reachable(&p.src, Duration::from_secs(30)).await?;
+    write_changes(&p.src, 200_000, 400).await?;
+    run.control.request_complete();
+    let out = run.finish(Duration::from_secs(60)).await??;
+    assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    for id in [100_000, 100_399, 200_000, 200_399] {
+        let found = p
+            .dst
+            .database("app")
+            .collection::<Document>("items")
+            .find_one(doc! {"_id": id})
+            .await?;
+        assert!(found.is_some(), "write {id} missing on the destination");
+    }
+    assert_equal(&p, &["app"]).await?;
+    println!(
+        "a_30_second_source_outage_during_oplog_sync_recovers: {:.1}s",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_retry_budget_fails_resumable() -> Result<()> {
+    init_tracing();
+    let began = std::time::Instant::now();
+    let p = pair().await?;
+    seed(&p.src, 3000).await?;
+    let mut config = p.config(&["app"]);
+    config.tuning.retry_budget = Duration::from_secs(2);
+    config.tuning.docs_per_range = 100;
+    config.tuning.copy_workers = 2;
+    p.dest
+        .faults()
+        .delay_replies(Some(Duration::from_millis(100)));
+    let run = start(config.clone(), None);
+    run.wait_for("a range copied", Duration::from_secs(30), |s| {
+        s.checkpoints.len() >= 3
+    })
+    .await?;
+    // The outage lasts until the engine gives up.
+    p.dest.faults().set_outage(true);
+    let cut = std::time::Instant::now();
+    let seen = run.seen.clone();
+    let err = run
+        .finish(Duration::from_secs(60))
+        .await?
+        .expect_err("must fail once the budget is spent");
+    let gave_up_after = cut.elapsed();
+    let msg = err.to_string();
+    assert!(matches!(err, EngineError::Unavailable { .. }), "{msg}");
+    assert!(err.resumable(), "{msg}");
+    assert!(msg.starts_with("destination unreachable"), "{msg}");
+    assert!(msg.contains("retry budget (2s)"), "{msg}");
+    assert!(
+        msg.contains("restore connectivity to the destination")
+            && msg.contains("StartTask")
+            && msg.contains("resume from its last checkpoint"),
+        "{msg}"
+    );
+    // Changes made while the task is down come from the oplog after the resume.
+    write_changes(&p.src, 100_000, 300).await?;
+    p.dest.faults().set_outage(false);
+    p.dest.faults().delay_replies(None);
+
+    let cp = seen.lock().unwrap().checkpoints.last().cloned();
+    let cp = cp.expect("a checkpoint before the failure");
+    assert_eq!(cp.phase, Phase::DataSync);
+    let run = start(config, Some(cp));
+    run.wait_for("oplog sync", Duration::from_secs(60), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    run.control.request_complete();
+    let out = run.finish(Duration::from_secs(60)).await??;
+    assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    wait_reachable(&p.dst, Duration::from_secs(30)).await?;
+    assert_equal(&p, &["app"]).await?;
+    println!(
+        "an_outage_longer_than_the_retry_budget_fails_resumable: gave up {:.1}s into the outage, {:.1}s in all; {msg}",
+        gave_up_after.as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

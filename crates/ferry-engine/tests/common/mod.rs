@@ -95,6 +95,7 @@ impl Pair {
                 checkpoint_interval: Duration::from_millis(300),
                 progress_interval: Duration::from_millis(200),
                 spool_cap_bytes: 256 << 20,
+                retry_budget: Duration::from_secs(120),
             },
         }
     }
