@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_e2e::{state, World, CVM_ID, REGION, SOURCE_PASSWORD};
+use ferry_e2e::{state, World, CVM_ID, DEST_PASSWORD, REGION, SOURCE_PASSWORD};
 use ferry_proto::v1 as pb;
 use ferry_testkit::process::Metadata;
 use mongodb::bson::{doc, Document};
@@ -279,6 +279,48 @@ async fn source_facts_that_forbid_an_online_migration_fail_their_item() -> anyho
         &run_checks(&world, spec).await?,
         "private_ip",
         pb::CheckStatus::Fail,
+    );
+
+    // A destination whose disk has less room than the source's data: WARN (it does not block the migration).
+    let full = mongosim::MongoSim::builder()
+        .replset("rs-full")
+        .user("admin", DEST_PASSWORD)
+        .filesystem(10 << 30, 10 << 30)
+        .start()
+        .await?;
+    world
+        .api
+        .clone()
+        .register_instance(pb::RegisterInstanceRequest {
+            instance: Some(pb::Instance {
+                instance_id: "cmgo-fulldsk1".into(),
+                region: REGION.into(),
+                uri: full.uri(),
+                username: "admin".into(),
+                password: DEST_PASSWORD.into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    seed_one(&world.source).await?;
+    world.metadata.set(Metadata {
+        instance_id: CVM_ID.into(),
+        region: REGION.into(),
+        local_ipv4: "127.0.0.1".into(),
+    });
+    let mut spec = world.spec(&["shop"]);
+    spec.destination_instance_id = "cmgo-fulldsk1".into();
+    let task = run_checks(&world, spec).await?;
+    assert_only(&task, "destination_capacity", pb::CheckStatus::Warn);
+    let item = task
+        .checks
+        .iter()
+        .find(|c| c.id == "destination_capacity")
+        .map(|c| format!("{} / {}", c.message, c.fix))
+        .unwrap_or_default();
+    assert!(
+        item.contains("free space 0 B") && item.contains("grow the destination's storage"),
+        "{item}"
     );
 
     // System databases are refused when the task is created, naming the field.

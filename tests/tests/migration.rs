@@ -1,5 +1,6 @@
 //! End-to-end migrations through the gRPC API: every BSON type under a concurrent writer, agent SIGKILLs in both
-//! long phases, StopTask's rollback, and failures that must never be reported as success.
+//! long phases, StopTask's rollback, failures that must never be reported as success, and a resumable failure
+//! resumed by StartTask.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -339,6 +340,74 @@ async fn source_oplog_rolled_past_the_resume_point_fails_the_task_with_the_reaso
         "reason names the oplog: {}",
         failed.failure_reason
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_beyond_the_retry_budget_fails_resumable_and_start_task_resumes_it(
+) -> anyhow::Result<()> {
+    let world = World::start_with(256, &["--retry-budget", "2s"]).await?;
+    seed_app(&world, 3000).await?;
+    let task_id = world.create_checked_task(&["app", "other"]).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicI32::new(0));
+    let writer = spawn_writer(&world, stop.clone(), rounds.clone());
+    start_slowed(&world, &task_id, Duration::from_millis(300)).await?;
+    world
+        .wait_task(&task_id, 2 * MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::DataSync)
+                && t.progress.as_ref().is_some_and(|p| p.documents_copied > 0)
+        })
+        .await?;
+
+    // The destination goes away for longer than the agent's retry budget.
+    world.dest.faults().set_outage(true);
+    let failed = world
+        .wait_task(&task_id, 2 * MINUTE, |t| {
+            t.state == state(pb::TaskState::Failed)
+        })
+        .await?;
+    assert!(failed.resumable, "an outage is resumable: {failed:?}");
+    assert!(
+        failed.failure_reason.contains("destination") && failed.failure_reason.contains("resume"),
+        "the reason names the destination and says the task can resume: {}",
+        failed.failure_reason
+    );
+    let checkpoint = failed.checkpoint.clone();
+    assert!(
+        checkpoint.as_ref().is_some_and(|c| c.start_ts.is_some()),
+        "the failed task keeps its checkpoint (at least the oplog start point): {checkpoint:?}"
+    );
+
+    // Fixed: StartTask resumes the failed task from its checkpoint, with a new assignment.
+    world.dest.faults().set_outage(false);
+    world.source.faults().clear();
+    let resumed = world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(resumed.state, state(pb::TaskState::Running));
+    assert!(!resumed.resumable && resumed.failure_reason.is_empty());
+    assert_eq!(
+        resumed.checkpoint, checkpoint,
+        "resume starts from the checkpoint"
+    );
+    assert!(resumed.epoch > failed.epoch);
+    world
+        .wait_task(&task_id, 2 * MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::OplogSync)
+        })
+        .await?;
+    let seen = rounds.load(Ordering::Relaxed);
+    wait_rounds(&rounds, seen + 5).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await??;
+    complete(&world, &task_id).await?;
+    assert_same(&world.source_client, &world.dest_client, &["app", "other"]).await?;
     Ok(())
 }
 

@@ -76,6 +76,9 @@ pub struct AgentConfig {
     pub estimated_copy_rate: Option<u64>,
     /// Cap of the on-disk oplog spool of one task (bytes); reaching it fails the task with that reason.
     pub spool_cap: u64,
+    /// How long the engine retries a source or destination that stopped answering (counted from the last
+    /// progress) before it fails the task as resumable.
+    pub retry_budget: Duration,
 }
 
 impl AgentConfig {
@@ -95,6 +98,7 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             estimated_copy_rate: None,
             spool_cap: ferry_engine::Tuning::default().spool_cap_bytes,
+            retry_budget: ferry_engine::Tuning::default().retry_budget,
         }
     }
 
@@ -127,6 +131,11 @@ impl AgentConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(AgentError::Config("data dir must not be empty".to_owned()));
+        }
+        if self.retry_budget.is_zero() {
+            return Err(AgentError::Config(
+                "retry budget must be more than 0, e.g. \"120s\"".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -178,6 +187,10 @@ pub struct Args {
     /// Cap of each task's on-disk oplog spool, e.g. "8GiB" (default 8 GiB).
     #[arg(long, value_parser = parse_size)]
     pub spool_cap: Option<u64>,
+    /// How long an unreachable source or destination is retried before the task fails (resumable), e.g. "120s"
+    /// or "5m" (default 120s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retry_budget: Option<Duration>,
 }
 
 /// Parses a size such as `1048576`, `512KiB`, `16MiB`, `8GiB`, `10MB` (decimal units) into bytes.
@@ -240,6 +253,9 @@ pub struct FileConfig {
     pub estimated_copy_rate: Option<String>,
     /// Cap of each task's on-disk oplog spool, e.g. "8GiB".
     pub spool_cap: Option<String>,
+    /// How long an unreachable source or destination is retried before the task fails (resumable), e.g. "120s".
+    #[serde(default, with = "humantime_serde")]
+    pub retry_budget: Option<Duration>,
 }
 
 impl FileConfig {
@@ -314,6 +330,9 @@ impl Args {
         } {
             config.spool_cap = cap;
         }
+        if let Some(budget) = self.retry_budget.or(file.retry_budget) {
+            config.retry_budget = budget;
+        }
         config.validate()?;
         Ok((
             config,
@@ -348,6 +367,36 @@ mod tests {
             file.estimated_copy_rate.as_deref().map(parse_size),
             Some(Ok(16 << 20))
         );
+        assert_eq!(file.retry_budget, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn retry_budget_flag_parses_and_zero_is_refused() {
+        let args = Args::try_parse_from([
+            "ferry-agent",
+            "--coordinator",
+            "https://127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--retry-budget",
+            "5m",
+        ])
+        .unwrap();
+        let (config, _) = args.into_config().unwrap();
+        assert_eq!(config.retry_budget, Duration::from_secs(300));
+        let args = Args::try_parse_from([
+            "ferry-agent",
+            "--coordinator",
+            "https://127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--retry-budget",
+            "0s",
+        ])
+        .unwrap();
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.contains("retry budget must be more than 0"), "{err}");
+        assert!(Args::try_parse_from(["ferry-agent", "--retry-budget", "soon"]).is_err());
     }
 
     #[test]

@@ -416,6 +416,7 @@ fn migration_config(
         spool_dir: runner.inner.config.spool_dir(safe_id),
         tuning: ferry_engine::Tuning {
             spool_cap_bytes: runner.inner.config.spool_cap,
+            retry_budget: runner.inner.config.retry_budget,
             ..ferry_engine::Tuning::default()
         },
     })

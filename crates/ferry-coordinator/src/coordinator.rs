@@ -327,7 +327,7 @@ impl Coordinator {
         let id = Self::parse_task_id(raw_id)?;
         let _guard = self.write_lock.lock().await;
         let mut task = self.load_task(&id).await?;
-        task.state.apply(Action::Check)?;
+        task.check(Action::Check)?;
         let destination = self.check_destination(&task.spec).await?;
         let tasks = self.db(|s| s.list_tasks()).await?;
         let now = now_ms();
@@ -350,12 +350,14 @@ impl Coordinator {
         let id = Self::parse_task_id(raw_id)?;
         let _guard = self.write_lock.lock().await;
         let mut task = self.load_task(&id).await?;
-        task.state.apply(Action::Start)?;
+        task.check(Action::Start)?;
+        let resuming = task.resumes();
         let destination = self.check_destination(&task.spec).await?;
         let tasks = self.db(|s| s.list_tasks()).await?;
         task.apply(Action::Start, now_ms())?;
-        task.checkpoint = None;
-        task.progress.clear();
+        if resuming {
+            tracing::info!(task_id = %task.id, phase = ?task.phase, "resuming a failed task from its checkpoint");
+        }
         match scheduler::pick(&task, &self.registry.connected(), &tasks) {
             Some(agent_id) => {
                 self.assign(&mut task, agent_id);
@@ -388,6 +390,7 @@ impl Coordinator {
         let id = Self::parse_task_id(raw_id)?;
         let _guard = self.write_lock.lock().await;
         let mut task = self.load_task(&id).await?;
+        let from = task.state;
         task.apply(Action::Stop, now_ms())?;
         if task.state == TaskState::Failed {
             // Stopped while checking: nothing was created. A new epoch makes the agent's late reports stale.
@@ -395,6 +398,15 @@ impl Coordinator {
             self.save_task(&task).await?;
         } else {
             let destination = self.check_destination(&task.spec).await?;
+            if from == TaskState::Failed {
+                // Rolling back a resumable failure: nothing runs, so the rollback is a new assignment (the failed
+                // run's agent if it is still here); with no eligible agent it waits like any orphaned task.
+                let tasks = self.db(|s| s.list_tasks()).await?;
+                match scheduler::pick(&task, &self.registry.connected(), &tasks) {
+                    Some(agent_id) => self.assign(&mut task, agent_id),
+                    None => task.epoch = task.epoch.next(),
+                }
+            }
             self.save_task(&task).await?;
             self.send_for_state(&task, &destination);
         }

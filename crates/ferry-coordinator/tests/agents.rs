@@ -541,3 +541,194 @@ async fn watch_task_streams_changes_until_the_end_and_never_a_password() {
         .all(|i| i.password.is_empty() && i.password_set));
     coord.shutdown().await;
 }
+
+/// Drives a CVM task to RUNNING with a checkpoint in DATA_SYNC; returns (task id, epoch, checkpoint).
+async fn running_with_checkpoint(
+    op: &mut Operator,
+    agent: &mut FakeAgent,
+    name: &str,
+) -> (String, u64, pb::Checkpoint) {
+    let id = create(op, cvm_spec(name, CVM, "pw")).await.id;
+    op.check_task(pb::CheckTaskRequest {
+        task_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let e = agent.recv().await.epoch;
+    agent
+        .send(&id, e, A::ChecksFinished(pb::ChecksFinished {}))
+        .await;
+    wait_task(op, &id, |t| t.state() == pb::TaskState::CheckPassed).await;
+    op.start_task(pb::StartTaskRequest {
+        task_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let cmd = agent.recv().await;
+    assert!(matches!(cmd.body, Some(C::StartMigration(_))), "{cmd:?}");
+    let checkpoint = pb::Checkpoint {
+        phase: pb::TaskPhase::OplogSync as i32,
+        start_ts: Some(pb::OplogTimestamp {
+            seconds: 1_700_000_000,
+            increment: 3,
+        }),
+        last_applied: Some(pb::OplogTimestamp {
+            seconds: 1_700_000_100,
+            increment: 1,
+        }),
+        engine_state: b"ranges:all".to_vec(),
+        ..Default::default()
+    };
+    agent
+        .send(
+            &id,
+            cmd.epoch,
+            A::Checkpoint(pb::CheckpointReport {
+                checkpoint: Some(checkpoint.clone()),
+            }),
+        )
+        .await;
+    wait_task(op, &id, |t| t.checkpoint.is_some()).await;
+    (id, cmd.epoch, checkpoint)
+}
+
+async fn fail(agent: &FakeAgent, id: &str, epoch: u64, resumable: bool) {
+    agent
+        .send(
+            id,
+            epoch,
+            A::Failed(pb::TaskFailed {
+                reason: "destination unreachable for 120s".into(),
+                resumable,
+            }),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_resumable_failure_resumes_from_its_checkpoint_on_start_task() {
+    let coord = Coord::start().await;
+    let mut op = setup(&coord).await;
+    let mut agent = FakeAgent::connect(&coord, AGENT, CVM, false).await;
+    let (id, e, checkpoint) = running_with_checkpoint(&mut op, &mut agent, "r").await;
+    fail(&agent, &id, e, true).await;
+    let failed = wait_task(&mut op, &id, |t| t.state() == pb::TaskState::Failed).await;
+    assert!(failed.resumable);
+    assert_eq!(failed.failure_reason, "destination unreachable for 120s");
+
+    // CheckTask is not among the actions of a resumable failure; the error lists the ones that are.
+    let err = op
+        .check_task(pb::CheckTaskRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("FAILED (resumable)")
+            && err.message().contains("StartTask, StopTask, DeleteTask"),
+        "{}",
+        err.message()
+    );
+
+    let resumed = op
+        .start_task(pb::StartTaskRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.state(), pb::TaskState::Running);
+    assert_eq!(resumed.phase(), pb::TaskPhase::OplogSync);
+    assert!(!resumed.resumable);
+    assert!(resumed.failure_reason.is_empty());
+    let cmd = agent.recv().await;
+    let Some(C::StartMigration(start)) = &cmd.body else {
+        panic!("{cmd:?}")
+    };
+    assert!(cmd.epoch > e, "a resume is a new assignment");
+    let got = start
+        .checkpoint
+        .as_ref()
+        .expect("resume carries the checkpoint");
+    assert_eq!(got.engine_state, checkpoint.engine_state);
+    assert_eq!(got.last_applied, checkpoint.last_applied);
+
+    // The failed run's epoch can no longer write state.
+    fail(&agent, &id, e, false).await;
+    agent
+        .send(
+            &id,
+            cmd.epoch,
+            A::Progress(pb::ProgressReport {
+                progress: Some(pb::Progress {
+                    documents_copied: 7,
+                    phase: pb::TaskPhase::OplogSync as i32,
+                    ..Default::default()
+                }),
+            }),
+        )
+        .await;
+    // Reports are handled in order: once the new epoch's progress shows, the stale failure was seen first.
+    let after = wait_task(&mut op, &id, |t| {
+        t.progress.as_ref().is_some_and(|p| p.documents_copied == 7)
+    })
+    .await;
+    assert_eq!(after.state(), pb::TaskState::Running);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resumable_failure_can_be_rolled_back_and_a_permanent_one_cannot_restart() {
+    let coord = Coord::start().await;
+    let mut op = setup(&coord).await;
+    let mut agent = FakeAgent::connect(&coord, AGENT, CVM, false).await;
+    let (id, e, checkpoint) = running_with_checkpoint(&mut op, &mut agent, "s").await;
+    fail(&agent, &id, e, true).await;
+    wait_task(&mut op, &id, |t| t.state() == pb::TaskState::Failed).await;
+    let stopping = op
+        .stop_task(pb::StopTaskRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopping.state(), pb::TaskState::Stopping);
+    assert!(!stopping.resumable);
+    let cmd = agent.recv().await;
+    let Some(C::StopMigration(stop)) = &cmd.body else {
+        panic!("{cmd:?}")
+    };
+    assert_eq!(
+        stop.checkpoint.as_ref().map(|c| c.engine_state.clone()),
+        Some(checkpoint.engine_state)
+    );
+    agent
+        .send(&id, cmd.epoch, A::Stopped(pb::TaskStopped::default()))
+        .await;
+    let stopped = wait_task(&mut op, &id, |t| t.state() == pb::TaskState::Failed).await;
+    assert_eq!(stopped.failure_reason, "stopped by operator");
+    assert!(!stopped.resumable);
+
+    // A permanent failure: StartTask and StopTask are refused and the error says why.
+    let (id2, e2, _) = running_with_checkpoint(&mut op, &mut agent, "p").await;
+    fail(&agent, &id2, e2, false).await;
+    wait_task(&mut op, &id2, |t| t.state() == pb::TaskState::Failed).await;
+    for result in [
+        op.start_task(pb::StartTaskRequest {
+            task_id: id2.clone(),
+        })
+        .await
+        .map(drop),
+        op.stop_task(pb::StopTaskRequest {
+            task_id: id2.clone(),
+        })
+        .await
+        .map(drop),
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("not resumable"), "{}", err.message());
+    }
+    coord.shutdown().await;
+}

@@ -18,10 +18,12 @@ pub enum CoreError {
         reason: String,
     },
     /// The action is not allowed in the task's current state.
-    #[error("task is {state}: {action} is not allowed; allowed actions in {state}: {}", fmt_actions(.allowed))]
+    #[error("{}", fmt_illegal(*.state, *.resumable, *.action, .allowed))]
     IllegalTransition {
         /// The task's current state.
         state: TaskState,
+        /// The task is FAILED and its failure is resumable.
+        resumable: bool,
         /// What the caller tried.
         action: Action,
         /// What is allowed in `state`.
@@ -37,6 +39,22 @@ impl CoreError {
             reason: reason.into(),
         }
     }
+}
+
+fn fmt_illegal(state: TaskState, resumable: bool, action: Action, allowed: &[Action]) -> String {
+    let label = if resumable {
+        format!("{state} (resumable)")
+    } else {
+        state.to_string()
+    };
+    let mut msg = format!(
+        "task is {label}: {action} is not allowed; allowed actions in {label}: {}",
+        fmt_actions(allowed)
+    );
+    if state == TaskState::Failed && !resumable && matches!(action, Action::Start | Action::Stop) {
+        msg.push_str(" (the failure is not resumable: create a new task to migrate again)");
+    }
+    msg
 }
 
 fn fmt_actions(actions: &[Action]) -> String {

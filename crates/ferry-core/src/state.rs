@@ -65,22 +65,25 @@ impl TaskState {
         matches!(self, TaskState::Succeeded | TaskState::Failed)
     }
 
-    /// Operator actions allowed in this state.
-    pub fn allowed_actions(self) -> Vec<Action> {
+    /// Operator actions allowed in this state. `resumable`: the task is FAILED with a failure that can continue
+    /// from its last checkpoint (meaningless in other states).
+    pub fn allowed_actions(self, resumable: bool) -> Vec<Action> {
         Action::ALL
             .into_iter()
-            .filter(|a| a.target(self).is_some())
+            .filter(|a| a.target(self, resumable).is_some())
             .collect()
     }
 
-    /// Applies an operator action: the next state, or why not.
-    pub fn apply(self, action: Action) -> Result<TaskState, CoreError> {
+    /// Applies an operator action: the next state, or why not. `resumable` as for [`Self::allowed_actions`].
+    pub fn apply(self, action: Action, resumable: bool) -> Result<TaskState, CoreError> {
+        let resumable = resumable && self == TaskState::Failed;
         action
-            .target(self)
+            .target(self, resumable)
             .ok_or_else(|| CoreError::IllegalTransition {
                 state: self,
+                resumable,
                 action,
-                allowed: self.allowed_actions(),
+                allowed: self.allowed_actions(resumable),
             })
     }
 
@@ -145,10 +148,14 @@ impl Action {
     }
 
     /// The state after this action from `from`, or `None` when illegal. `Delete` "targets" the same state: the
-    /// record is removed by the caller. `Stop` in CHECKING fails the task at once (nothing was created yet).
-    fn target(self, from: TaskState) -> Option<TaskState> {
+    /// record is removed by the caller. `Stop` in CHECKING fails the task at once (nothing was created yet). A
+    /// resumable FAILED task can be started again (it resumes from its last checkpoint) or stopped (its partial
+    /// copy is rolled back).
+    fn target(self, from: TaskState, resumable: bool) -> Option<TaskState> {
         use TaskState as S;
         match (self, from) {
+            (Action::Start, S::Failed) if resumable => Some(S::Running),
+            (Action::Stop, S::Failed) if resumable => Some(S::Stopping),
             (Action::Update, S::NotStarted | S::CheckPassed | S::CheckFailed) => {
                 Some(S::NotStarted)
             }
@@ -196,56 +203,91 @@ mod tests {
     #[test]
     fn the_documented_lifecycle_is_legal() {
         use TaskState as S;
-        assert_eq!(S::NotStarted.apply(Action::Check), Ok(S::Checking));
+        assert_eq!(S::NotStarted.apply(Action::Check, false), Ok(S::Checking));
         assert_eq!(
             S::Checking.on_event(Event::ChecksPassed),
             Some(S::CheckPassed)
         );
-        assert_eq!(S::CheckPassed.apply(Action::Start), Ok(S::Running));
-        assert_eq!(S::Running.apply(Action::Complete), Ok(S::Completing));
+        assert_eq!(S::CheckPassed.apply(Action::Start, false), Ok(S::Running));
+        assert_eq!(S::Running.apply(Action::Complete, false), Ok(S::Completing));
         assert_eq!(S::Completing.on_event(Event::Completed), Some(S::Succeeded));
-        assert_eq!(S::Running.apply(Action::Stop), Ok(S::Stopping));
+        assert_eq!(S::Running.apply(Action::Stop, false), Ok(S::Stopping));
         assert_eq!(S::Stopping.on_event(Event::Stopped), Some(S::Failed));
-        assert_eq!(S::Checking.apply(Action::Stop), Ok(S::Failed));
-        assert_eq!(S::CheckFailed.apply(Action::Check), Ok(S::Checking));
+        assert_eq!(S::Checking.apply(Action::Stop, false), Ok(S::Failed));
+        assert_eq!(S::CheckFailed.apply(Action::Check, false), Ok(S::Checking));
     }
 
     #[test]
     fn illegal_transition_names_state_and_allowed_actions() {
-        let err = TaskState::NotStarted.apply(Action::Start).unwrap_err();
+        let err = TaskState::NotStarted
+            .apply(Action::Start, false)
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("NOT_STARTED"), "{msg}");
         assert!(msg.contains("StartTask is not allowed"), "{msg}");
         assert!(msg.contains("CheckTask, UpdateTask, DeleteTask"), "{msg}");
     }
 
+    #[test]
+    fn only_a_resumable_failure_can_be_started_or_stopped_again() {
+        use TaskState as S;
+        assert_eq!(S::Failed.allowed_actions(false), vec![Action::Delete]);
+        assert_eq!(
+            S::Failed.allowed_actions(true),
+            vec![Action::Start, Action::Stop, Action::Delete]
+        );
+        assert_eq!(S::Failed.apply(Action::Start, true), Ok(S::Running));
+        assert_eq!(S::Failed.apply(Action::Stop, true), Ok(S::Stopping));
+        let msg = S::Failed
+            .apply(Action::Check, true)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("task is FAILED (resumable)"), "{msg}");
+        assert!(msg.contains("StartTask, StopTask, DeleteTask"), "{msg}");
+        let msg = S::Failed
+            .apply(Action::Start, false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("task is FAILED:"), "{msg}");
+        assert!(msg.contains("not resumable"), "{msg}");
+    }
+
     proptest! {
         #[test]
-        fn active_tasks_are_never_deleted_or_updated(i in 0usize..9) {
+        fn active_tasks_are_never_deleted_or_updated(i in 0usize..9, resumable: bool) {
             let s = TaskState::ALL[i];
             if s.is_active() {
-                prop_assert!(s.apply(Action::Delete).is_err());
-                prop_assert!(s.apply(Action::Update).is_err());
+                prop_assert!(s.apply(Action::Delete, resumable).is_err());
+                prop_assert!(s.apply(Action::Update, resumable).is_err());
             }
         }
 
         #[test]
-        fn terminal_states_only_allow_delete(i in 0usize..9) {
+        fn resumable_only_matters_in_failed(i in 0usize..9) {
+            let s = TaskState::ALL[i];
+            if s != TaskState::Failed {
+                prop_assert_eq!(s.allowed_actions(true), s.allowed_actions(false));
+            }
+        }
+
+        #[test]
+        fn terminal_states_only_allow_delete_unless_resumable(i in 0usize..9) {
             let s = TaskState::ALL[i];
             if s.is_terminal() {
-                prop_assert_eq!(s.allowed_actions(), vec![Action::Delete]);
+                prop_assert_eq!(s.allowed_actions(false), vec![Action::Delete]);
             }
         }
 
         #[test]
-        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..6) {
+        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..6, resumable: bool) {
             let s = TaskState::ALL[i];
             let a = Action::ALL[j];
-            match s.apply(a) {
-                Ok(_) => prop_assert!(s.allowed_actions().contains(&a)),
+            let resumable = resumable && s == TaskState::Failed;
+            match s.apply(a, resumable) {
+                Ok(_) => prop_assert!(s.allowed_actions(resumable).contains(&a)),
                 Err(CoreError::IllegalTransition { allowed, .. }) => {
                     prop_assert!(!allowed.contains(&a));
-                    prop_assert_eq!(allowed, s.allowed_actions());
+                    prop_assert_eq!(allowed, s.allowed_actions(resumable));
                 }
                 Err(other) => prop_assert!(false, "unexpected {other:?}"),
             }

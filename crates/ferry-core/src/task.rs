@@ -104,20 +104,53 @@ impl Task {
         }
     }
 
+    /// Whether `action` is allowed now (the state machine decides), without applying it.
+    pub fn check(&self, action: Action) -> Result<(), CoreError> {
+        self.state.apply(action, self.resumable).map(drop)
+    }
+
+    /// Operator actions allowed now.
+    pub fn allowed_actions(&self) -> Vec<Action> {
+        self.state.allowed_actions(self.resumable)
+    }
+
+    /// Whether this task's next StartTask resumes from its checkpoint instead of starting over.
+    pub fn resumes(&self) -> bool {
+        self.state == TaskState::Failed && self.resumable
+    }
+
     /// Applies an operator action (the state machine decides), clearing what the new state makes stale.
     pub fn apply(&mut self, action: Action, now_ms: i64) -> Result<(), CoreError> {
-        let next = self.state.apply(action)?;
-        match (action, next) {
-            (Action::Update, _) | (Action::Check, _) => {
+        let next = self.state.apply(action, self.resumable)?;
+        let from = self.state;
+        match (action, from, next) {
+            (Action::Update, _, _) | (Action::Check, _, _) => {
                 self.checks.clear();
                 self.failure_reason.clear();
             }
-            (Action::Start, _) => {
+            (Action::Start, TaskState::Failed, _) => {
+                // Resume: the checkpoint and the last progress stay; the phase is where the checkpoint left off.
+                self.phase = Some(
+                    self.checkpoint
+                        .as_ref()
+                        .and_then(|c| c.phase)
+                        .unwrap_or(TaskPhase::DataSync),
+                );
+                self.failure_reason.clear();
+                self.resumable = false;
+            }
+            (Action::Start, _, _) => {
                 self.phase = Some(TaskPhase::DataSync);
                 self.failure_reason.clear();
+                self.checkpoint = None;
+                self.progress.clear();
             }
-            (Action::Stop, TaskState::Failed) => {
+            (Action::Stop, _, TaskState::Failed) => {
                 self.failure_reason = STOPPED_BY_OPERATOR.to_owned();
+                self.resumable = false;
+            }
+            (Action::Stop, TaskState::Failed, _) => {
+                // Rolling back a resumable failure: it is no longer resumable whatever the rollback does.
                 self.resumable = false;
             }
             _ => {}

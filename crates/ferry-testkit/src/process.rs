@@ -312,7 +312,8 @@ impl AgentProcess {
 
     pub fn logs(&self) -> String {
         (0..=self.restarts)
-            .filter_map(|i| std::fs::read_to_string(self.work.join(format!("agent-{i}.log"))).ok())
+            .flat_map(|i| ["log", "out"].map(|ext| self.work.join(format!("agent-{i}.{ext}"))))
+            .filter_map(|path| std::fs::read_to_string(path).ok())
             .collect()
     }
 

@@ -196,11 +196,12 @@ pub enum TaskCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Start the migration (after the checks passed).
+    /// Start the migration (after the checks passed), or resume a FAILED task whose failure is resumable from
+    /// its last checkpoint.
     Start { task_id: String },
     /// Cut over: apply the source's oplog up to now, then succeed.
     Complete { task_id: String },
-    /// Stop the task and roll back what it created on the destination.
+    /// Stop the task (running, or FAILED and resumable) and roll back what it created on the destination.
     Stop { task_id: String },
     /// Follow state, phase and progress live until the task ends.
     Watch { task_id: String },

@@ -356,7 +356,15 @@ pub fn task_detail(task: &Task) -> String {
     ];
     if !task.failure_reason.is_empty() {
         rows.push(("Failure", task.failure_reason.clone()));
-        rows.push(("Resumable", task.resumable.to_string()));
+        rows.push((
+            "Resumable",
+            if task.resumable {
+                "yes: fix the cause, then `task start` resumes from the last checkpoint (or `task stop` rolls back)"
+                    .to_owned()
+            } else {
+                "no".to_owned()
+            },
+        ));
     }
     let mut out = String::new();
     for (key, value) in rows {
