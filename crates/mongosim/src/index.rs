@@ -17,6 +17,7 @@ use crate::value::{compare, get_path};
 pub struct OrdBson(pub Bson);
 
 impl PartialEq for OrdBson {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         compare(&self.0, &other.0) == Ordering::Equal
     }
@@ -28,6 +29,7 @@ impl PartialOrd for OrdBson {
     }
 }
 impl Ord for OrdBson {
+    #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
         compare(&self.0, &other.0)
     }

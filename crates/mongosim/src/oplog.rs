@@ -47,6 +47,11 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        self.tick_at(secs)
+    }
+
+    /// Like [`Clock::tick`] with the wall-clock seconds already read.
+    pub fn tick_at(&mut self, secs: u64) -> Timestamp {
         let secs = u32::try_from(secs).unwrap_or(u32::MAX);
         self.last = if secs > self.last.time {
             Timestamp {
@@ -86,6 +91,8 @@ pub struct Oplog {
     bytes: usize,
     cap_bytes: usize,
     changed_tx: tokio::sync::watch::Sender<u64>,
+    /// While a batch is open, the newest unannounced entry (announced when it closes).
+    deferred: Option<Option<u64>>,
 }
 
 impl Oplog {
@@ -97,6 +104,7 @@ impl Oplog {
             bytes: 0,
             cap_bytes: cap_bytes.max(4096),
             changed_tx,
+            deferred: None,
         }
     }
 
@@ -110,7 +118,28 @@ impl Oplog {
                 self.bytes -= old.doc.as_bytes().len();
             }
         }
-        self.changed_tx.send_replace(key);
+        match &mut self.deferred {
+            Some(pending) => *pending = Some(key),
+            None => {
+                self.changed_tx.send_replace(key);
+            }
+        }
+    }
+
+    /// Starts a batch: appends are announced to tailing cursors once, when it ends. Readers
+    /// only see entries after the store lock is released anyway, so one wake-up per batch is
+    /// equivalent to one per entry.
+    pub fn begin_batch(&mut self) {
+        if self.deferred.is_none() {
+            self.deferred = Some(None);
+        }
+    }
+
+    /// Ends a batch and announces its newest entry.
+    pub fn end_batch(&mut self) {
+        if let Some(Some(key)) = self.deferred.take() {
+            self.changed_tx.send_replace(key);
+        }
     }
 
     /// A receiver that changes whenever an entry is appended.

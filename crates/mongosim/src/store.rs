@@ -162,17 +162,27 @@ impl Store {
         build: impl FnOnce(&mut RawWriter),
         ts: Timestamp,
     ) {
-        let wall = now_ms();
+        self.append_entry_at(cap, build, ts, now_ms());
+    }
+
+    /// Like `append_entry_sized`, with the entry's wall clock (ms) already read.
+    fn append_entry_at(
+        &mut self,
+        cap: usize,
+        build: impl FnOnce(&mut RawWriter),
+        ts: Timestamp,
+        wall: i64,
+    ) {
         self.last_write_ms = wall;
         let Some(oplog) = self.oplog.as_mut() else {
             return;
         };
         let mut w = RawWriter::with_capacity(cap);
         build(&mut w);
-        w.value("ts", &Bson::Timestamp(ts));
-        w.value("t", &Bson::Int64(TERM));
-        w.value("v", &Bson::Int64(2));
-        w.value("wall", &Bson::DateTime(bson::DateTime::from_millis(wall)));
+        w.timestamp("ts", ts);
+        w.i64("t", TERM);
+        w.i64("v", 2);
+        w.datetime("wall", wall);
         let bytes = w.finish();
         match RawDocumentBuf::from_bytes(bytes) {
             Ok(doc) => oplog.push(Entry {
@@ -215,6 +225,19 @@ impl Store {
             },
             ts,
         );
+    }
+
+    /// Runs `f` as one batch of writes: tailing cursors are woken once at the end instead
+    /// of after every oplog entry (they cannot read before the store lock is released).
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if let Some(o) = self.oplog.as_mut() {
+            o.begin_batch();
+        }
+        let out = f(self);
+        if let Some(o) = self.oplog.as_mut() {
+            o.end_batch();
+        }
+        out
     }
 
     /// Looks a collection up.
@@ -272,9 +295,10 @@ impl Store {
     /// The raw bytes go into the store and the oplog entry as they are; the document is only
     /// decoded when the collection has a secondary unique index.
     pub fn insert(&mut self, db: &str, coll: &str, raw: RawDocumentBuf) -> CmdResult<()> {
-        self.ensure_collection(db, coll)?;
-        let raw = ensure_id(raw)?;
-        let id = raw_id(&raw)?;
+        if self.coll(db, coll).is_none_or(|c| c.is_view()) {
+            self.ensure_collection(db, coll)?;
+        }
+        let (raw, id) = with_id(raw)?;
         let Some(c) = self.dbs.get_mut(db).and_then(|d| d.get_mut(coll)) else {
             return Err(CommandError::ns_not_found("ns not found"));
         };
@@ -316,24 +340,28 @@ impl Store {
         let ui = c.uuid;
         let raw = Arc::new(raw);
         slot.insert(raw.clone());
+        // One clock read for both `ts` and `wall`.
+        let wall = now_ms();
+        let ts = self
+            .clock
+            .tick_at(u64::try_from(wall.div_euclid(1000)).unwrap_or(0));
         if self.oplog.is_none() {
-            self.clock.tick();
-            self.last_write_ms = now_ms();
+            self.last_write_ms = wall;
             return Ok(());
         }
-        let ts = self.clock.tick();
-        self.append_entry_sized(
+        self.append_entry_at(
             size + db.len() + coll.len() + 192,
             |w| {
                 w.str("op", "i");
                 w.ns("ns", db, coll);
-                w.value("ui", &Bson::from(ui));
+                w.uuid("ui", ui);
                 w.doc_bytes("o", raw.as_bytes());
                 let o2 = w.begin_sub(0x03, "o2");
                 w.value("_id", &id);
                 w.end_sub(o2);
             },
             ts,
+            wall,
         );
         Ok(())
     }
@@ -784,25 +812,60 @@ pub fn raw_id(raw: &RawDocument) -> CmdResult<Bson> {
     }
 }
 
+/// Like [`ensure_id`] followed by [`raw_id`], reading `_id` once: the document (with an
+/// `_id`) and its `_id`.
+pub fn with_id(raw: RawDocumentBuf) -> CmdResult<(RawDocumentBuf, Bson)> {
+    if let Some(id) = leading_scalar_id(raw.as_bytes()) {
+        return Ok((raw, id));
+    }
+    let id = match raw.get("_id") {
+        Ok(Some(bson::RawBsonRef::Array(_))) => {
+            return Err(CommandError::new(
+                53,
+                "The '_id' value cannot be of type array",
+            ))
+        }
+        Ok(Some(bson::RawBsonRef::RegularExpression(_))) => {
+            return Err(CommandError::new(53, "can't use a regex for _id"))
+        }
+        Ok(Some(v)) => Bson::try_from(v).map_err(|e| CommandError::new(22, e.to_string()))?,
+        Ok(None) => {
+            let id = Bson::ObjectId(ObjectId::new());
+            let mut w = RawWriter::with_capacity(raw.as_bytes().len() + 24);
+            w.value("_id", &id);
+            w.extend_raw(&raw);
+            let raw = RawDocumentBuf::from_bytes(w.finish())
+                .map_err(|e| CommandError::new(22, e.to_string()))?;
+            return Ok((raw, id));
+        }
+        Err(e) => return Err(CommandError::new(22, e.to_string())),
+    };
+    Ok((raw, id))
+}
+
+/// The `_id` when it is the first element and an Int32, Int64 or ObjectId (what drivers and
+/// migrations send); `None` sends the caller to the general lookup.
+fn leading_scalar_id(b: &[u8]) -> Option<Bson> {
+    let tag = *b.get(4)?;
+    if b.get(5..9)? != b"_id\0" {
+        return None;
+    }
+    let v = b.get(9..)?;
+    // The value must end before the document's terminating NUL.
+    let fits = |n: usize| v.len() > n;
+    match tag {
+        0x10 if fits(4) => Some(Bson::Int32(i32::from_le_bytes(v[..4].try_into().ok()?))),
+        0x12 if fits(8) => Some(Bson::Int64(i64::from_le_bytes(v[..8].try_into().ok()?))),
+        0x07 if fits(12) => Some(Bson::ObjectId(ObjectId::from_bytes(
+            v[..12].try_into().ok()?,
+        ))),
+        _ => None,
+    }
+}
+
 /// Adds a fresh ObjectId `_id` in front when the document has none; rejects array `_id`s.
 pub fn ensure_id(raw: RawDocumentBuf) -> CmdResult<RawDocumentBuf> {
-    match raw.get("_id") {
-        Ok(Some(bson::RawBsonRef::Array(_))) => Err(CommandError::new(
-            53,
-            "The '_id' value cannot be of type array",
-        )),
-        Ok(Some(bson::RawBsonRef::RegularExpression(_))) => {
-            Err(CommandError::new(53, "can't use a regex for _id"))
-        }
-        Ok(Some(_)) => Ok(raw),
-        Ok(None) => {
-            let mut w = RawWriter::with_capacity(raw.as_bytes().len() + 24);
-            w.value("_id", &Bson::ObjectId(ObjectId::new()));
-            w.extend_raw(&raw);
-            RawDocumentBuf::from_bytes(w.finish()).map_err(|e| CommandError::new(22, e.to_string()))
-        }
-        Err(e) => Err(CommandError::new(22, e.to_string())),
-    }
+    with_id(raw).map(|(raw, _)| raw)
 }
 
 #[cfg(test)]
@@ -844,6 +907,30 @@ mod tests {
             .map(|e| e.doc.get_str("op").unwrap().to_string())
             .collect();
         assert_eq!(ops, ["n", "n", "c", "i", "c", "i"]);
+    }
+
+    #[test]
+    fn with_id_matches_the_general_lookup() {
+        let oid = ObjectId::new();
+        let docs = vec![
+            doc! {"_id": 5},
+            doc! {"_id": -7i64, "x": 1},
+            doc! {"_id": oid, "y": "z"},
+            doc! {"_id": "s"},
+            doc! {"_id": 1.5},
+            doc! {"_id": {"a": 1}},
+            doc! {"x": 1, "_id": 3i64},
+            doc! {"_idx": 1, "_id": 2},
+        ];
+        for d in docs {
+            let r = raw(d.clone());
+            let (back, id) = with_id(r.clone()).unwrap();
+            assert_eq!(back, r);
+            assert_eq!(id, raw_id(&r).unwrap(), "{d}");
+        }
+        let (with, id) = with_id(raw(doc! {"x": 1})).unwrap();
+        assert_eq!(raw_id(&with).unwrap(), id);
+        assert_eq!(with_id(raw(doc! {"_id": [1]})).unwrap_err().code, 53);
     }
 
     #[test]

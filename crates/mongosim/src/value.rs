@@ -102,7 +102,19 @@ fn str_of(v: &Bson) -> &str {
 }
 
 /// Compares two values the way the server sorts them (type bracket first, then value).
+#[inline]
 pub fn compare(a: &Bson, b: &Bson) -> Ordering {
+    // Same-type `_id`s (the `_id`-keyed maps compare these on every insert and lookup).
+    match (a, b) {
+        (Bson::Int64(x), Bson::Int64(y)) => x.cmp(y),
+        (Bson::Int32(x), Bson::Int32(y)) => x.cmp(y),
+        (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
+        (Bson::String(x), Bson::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        _ => compare_slow(a, b),
+    }
+}
+
+fn compare_slow(a: &Bson, b: &Bson) -> Ordering {
     let (ta, tb) = (type_bracket(a), type_bracket(b));
     if ta != tb {
         return ta.cmp(&tb);

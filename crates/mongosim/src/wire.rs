@@ -117,9 +117,16 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         response_to: field(4),
         op_code: field(8),
     };
-    // The payload is read into its own buffer (no copy of a large insert batch afterwards).
-    let mut payload = vec![0u8; length as usize - 16];
-    r.read_exact(&mut payload).await?;
+    // The payload is read into its own buffer (no copy of a large insert batch afterwards),
+    // straight into its spare capacity: no zero-filling of a multi-megabyte batch first.
+    let want = length as usize - 16;
+    let mut payload = Vec::with_capacity(want);
+    while payload.len() < want {
+        let left = (want - payload.len()) as u64;
+        if (&mut *r).take(left).read_buf(&mut payload).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
     Ok(Some((header, payload)))
 }
 

@@ -53,22 +53,24 @@ pub fn insert(shared: &Arc<Shared>, cmd: &mut Cmd) -> CmdResult<Reply> {
     let mut n = 0i32;
     let mut errors = Vec::new();
     shared.with_store(|s| {
-        for (i, d) in docs.into_iter().enumerate() {
-            let r = if d.as_bytes().len() > crate::wire::MAX_BSON_OBJECT_SIZE {
-                Err(CommandError::new(10334, "object to insert too large"))
-            } else {
-                s.insert(&cmd.db, &coll, d)
-            };
-            match r {
-                Ok(()) => n += 1,
-                Err(e) => {
-                    errors.push(write_error(i, &e));
-                    if ordered {
-                        break;
+        s.batch(|s| {
+            for (i, d) in docs.into_iter().enumerate() {
+                let r = if d.as_bytes().len() > crate::wire::MAX_BSON_OBJECT_SIZE {
+                    Err(CommandError::new(10334, "object to insert too large"))
+                } else {
+                    s.insert(&cmd.db, &coll, d)
+                };
+                match r {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        errors.push(write_error(i, &e));
+                        if ordered {
+                            break;
+                        }
                     }
                 }
             }
-        }
+        })
     });
     shared.count_ops(0, n as u64);
     let mut r = doc! {"n": n};
