@@ -248,15 +248,7 @@ impl Applier {
                 plan::create_namespace(&ctx, &ns, &opts, &mut existing).await?;
             }
             "drop" => {
-                let r = mongo::command(
-                    &ctx.dst,
-                    &ctx.cancel,
-                    ctx.retry_budget(),
-                    Side::Destination,
-                    db,
-                    doc! {"drop": &target},
-                )
-                .await;
+                let r = ctx.dst_command(db, doc! {"drop": &target}).await;
                 if let Err(e) = r {
                     if !tolerate(&e, &[26]) {
                         return Err(e.into_engine("drop", &ns));
@@ -264,16 +256,9 @@ impl Applier {
                 }
             }
             "dropDatabase" => {
-                mongo::command(
-                    &ctx.dst,
-                    &ctx.cancel,
-                    ctx.retry_budget(),
-                    Side::Destination,
-                    db,
-                    doc! {"dropDatabase": 1},
-                )
-                .await
-                .map_err(|e| e.into_engine("dropDatabase", db))?;
+                ctx.dst_command(db, doc! {"dropDatabase": 1})
+                    .await
+                    .map_err(|e| e.into_engine("dropDatabase", db))?;
             }
             "renameCollection" => {
                 let from = cmd.get_str("renameCollection").unwrap_or("").to_string();
@@ -287,15 +272,7 @@ impl Applier {
                 let to_sel = ctx.filter.ns_selected(&to);
                 if from_sel && !to_sel {
                     let (fdb, fname) = split_ns(&from);
-                    let r = mongo::command(
-                        &ctx.dst,
-                        &ctx.cancel,
-                        ctx.retry_budget(),
-                        Side::Destination,
-                        fdb,
-                        doc! {"drop": fname},
-                    )
-                    .await;
+                    let r = ctx.dst_command(fdb, doc! {"drop": fname}).await;
                     if let Err(e) = r {
                         if !tolerate(&e, &[26]) {
                             return Err(e.into_engine("drop", &from));
@@ -318,24 +295,17 @@ impl Applier {
                     }
                 }
                 ctx.emit_checkpoint().await;
-                let r = mongo::command(
-                    &ctx.dst,
-                    &ctx.cancel,
-                    ctx.retry_budget(),
-                    Side::Destination,
-                    "admin",
-                    doc! {"renameCollection": &from, "to": &to, "dropTarget": drop_target},
-                )
-                .await;
+                let r = ctx
+                    .dst_command(
+                        "admin",
+                        doc! {"renameCollection": &from, "to": &to, "dropTarget": drop_target},
+                    )
+                    .await;
                 let r = match r {
                     // The target exists only on the destination (copied after the source renamed
                     // into it): the source replaced it, so do the same.
                     Err(e) if tolerate(&e, &[48]) => {
-                        mongo::command(
-                            &ctx.dst,
-                            &ctx.cancel,
-                            ctx.retry_budget(),
-                            Side::Destination,
+                        ctx.dst_command(
                             "admin",
                             doc! {"renameCollection": &from, "to": &to, "dropTarget": true},
                         )
@@ -377,15 +347,9 @@ impl Applier {
                     .get("index")
                     .cloned()
                     .unwrap_or(Bson::String("*".into()));
-                let r = mongo::command(
-                    &ctx.dst,
-                    &ctx.cancel,
-                    ctx.retry_budget(),
-                    Side::Destination,
-                    db,
-                    doc! {"dropIndexes": &target, "index": index},
-                )
-                .await;
+                let r = ctx
+                    .dst_command(db, doc! {"dropIndexes": &target, "index": index})
+                    .await;
                 if let Err(e) = r {
                     if !tolerate(&e, &[26, 27]) {
                         return Err(e.into_engine("dropIndexes", &ns));
@@ -393,15 +357,7 @@ impl Applier {
                 }
             }
             "collMod" => {
-                let r = mongo::command(
-                    &ctx.dst,
-                    &ctx.cancel,
-                    ctx.retry_budget(),
-                    Side::Destination,
-                    db,
-                    cmd.clone(),
-                )
-                .await;
+                let r = ctx.dst_command(db, cmd.clone()).await;
                 if let Err(e) = r {
                     if !tolerate(&e, &[26, 27]) {
                         return Err(e.into_engine("collMod", &ns));
@@ -427,15 +383,10 @@ impl Applier {
             return Ok(());
         }
         let unique = specs.iter().any(|s| s.get_bool("unique").unwrap_or(false));
-        let r = mongo::command(
-            &self.ctx.dst,
-            &self.ctx.cancel,
-            self.ctx.retry_budget(),
-            Side::Destination,
-            db,
-            doc! {"createIndexes": coll, "indexes": specs},
-        )
-        .await;
+        let r = self
+            .ctx
+            .dst_command(db, doc! {"createIndexes": coll, "indexes": specs})
+            .await;
         match r {
             Ok(_) => {}
             Err(e) if error_code(&e.error).is_some_and(|c| [85, 86, 68].contains(&c)) => {}
@@ -795,16 +746,11 @@ impl<'a> Worker<'a> {
                     doc! {"insert": coll, "documents": batch, "ordered": true, "bypassDocumentValidation": true}
                 }
             };
-            let reply = mongo::command(
-                &self.ctx.dst,
-                &self.ctx.cancel,
-                self.ctx.retry_budget(),
-                Side::Destination,
-                db,
-                cmd,
-            )
-            .await
-            .map_err(|e| e.into_engine("apply oplog batch", &ns))?;
+            let reply = self
+                .ctx
+                .dst_command(db, cmd)
+                .await
+                .map_err(|e| e.into_engine("apply oplog batch", &ns))?;
             let Some(reply) = reply else { return Ok(()) };
             let first_err = reply
                 .get_array("writeErrors")

@@ -85,6 +85,23 @@ impl Ctx {
         self.cancel.cancel();
     }
 
+    /// Runs `cmd` on the destination database `db`, retrying transient failures within the task's retry budget.
+    pub(crate) async fn dst_command(
+        &self,
+        db: &str,
+        cmd: mongodb::bson::Document,
+    ) -> Result<Option<mongodb::bson::Document>, crate::mongo::RetryError> {
+        crate::mongo::command(
+            &self.dst,
+            &self.cancel,
+            self.retry_budget(),
+            crate::mongo::Side::Destination,
+            db,
+            cmd,
+        )
+        .await
+    }
+
     /// How long transient failures are retried without progress (`tuning.retry_budget`).
     pub(crate) fn retry_budget(&self) -> std::time::Duration {
         self.cfg.tuning.retry_budget

@@ -268,11 +268,7 @@ pub(crate) fn only_duplicate_ids(e: &MongoError) -> bool {
 pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), EngineError> {
     let (db, name) = split_ns(ns);
     tracing::info!(task_id = %ctx.cfg.task_id, %ns, "re-copying collection renamed during the copy");
-    mongo::command(
-        &ctx.dst,
-        &ctx.cancel,
-        ctx.retry_budget(),
-        Side::Destination,
+    ctx.dst_command(
         db,
         mongodb::bson::doc! {"delete": name, "deletes": [{"q": {}, "limit": 0}]},
     )

@@ -306,16 +306,7 @@ pub(crate) async fn create_namespace(
             cmd.insert(k.clone(), v.clone());
         }
     }
-    match mongo::command(
-        &ctx.dst,
-        &ctx.cancel,
-        ctx.retry_budget(),
-        Side::Destination,
-        db,
-        cmd,
-    )
-    .await
-    {
+    match ctx.dst_command(db, cmd).await {
         Ok(_) => {}
         Err(e) if error_code(&e.error) == Some(48) => {}
         Err(e) => return Err(e.into_engine("create", ns)),
@@ -444,16 +435,7 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
         let (db, name) = split_ns(&ns);
         let n = specs.len() as u32;
         let cmd = doc! {"createIndexes": name, "indexes": specs};
-        match mongo::command(
-            &ctx.dst,
-            &ctx.cancel,
-            ctx.retry_budget(),
-            Side::Destination,
-            db,
-            cmd,
-        )
-        .await
-        {
+        match ctx.dst_command(db, cmd).await {
             Ok(None) => return Ok(()),
             Ok(Some(_)) => {}
             Err(e) if matches!(error_code(&e.error), Some(85) | Some(86) | Some(68)) => {
