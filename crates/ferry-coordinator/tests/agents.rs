@@ -172,25 +172,8 @@ async fn silent_agent_is_disconnected_and_its_task_resumes_when_it_returns() {
 async fn running_task_resumes_from_its_checkpoint_and_stop_rolls_back() {
     let coord = Coord::start().await;
     let mut op = setup(&coord).await;
-    let t = create(&mut op, cvm_spec("run", CVM, "pw")).await;
-    let id = t.id.clone();
     let mut agent = FakeAgent::connect(&coord, AGENT, CVM, false).await;
-    op.check_task(pb::CheckTaskRequest {
-        task_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    let e = agent.recv().await.epoch;
-    agent
-        .send(&id, e, A::ChecksFinished(pb::ChecksFinished {}))
-        .await;
-    wait_task(&mut op, &id, |t| t.state() == pb::TaskState::CheckPassed).await;
-    op.start_task(pb::StartTaskRequest {
-        task_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    let cmd = agent.recv().await;
+    let (id, cmd) = checked_and_started(&mut op, &mut agent, "run").await;
     let Some(C::StartMigration(start)) = &cmd.body else {
         panic!("{cmd:?}")
     };
@@ -542,12 +525,12 @@ async fn watch_task_streams_changes_until_the_end_and_never_a_password() {
     coord.shutdown().await;
 }
 
-/// Drives a CVM task to RUNNING with a checkpoint in DATA_SYNC; returns (task id, epoch, checkpoint).
-async fn running_with_checkpoint(
+/// Creates a CVM task, passes its checks and starts it; returns its id and the command the agent received.
+async fn checked_and_started(
     op: &mut Operator,
     agent: &mut FakeAgent,
     name: &str,
-) -> (String, u64, pb::Checkpoint) {
+) -> (String, pb::CoordinatorMessage) {
     let id = create(op, cvm_spec(name, CVM, "pw")).await.id;
     op.check_task(pb::CheckTaskRequest {
         task_id: id.clone(),
@@ -564,7 +547,16 @@ async fn running_with_checkpoint(
     })
     .await
     .unwrap();
-    let cmd = agent.recv().await;
+    (id, agent.recv().await)
+}
+
+/// Drives a CVM task to RUNNING with a checkpoint in OPLOG_SYNC; returns (task id, epoch, checkpoint).
+async fn running_with_checkpoint(
+    op: &mut Operator,
+    agent: &mut FakeAgent,
+    name: &str,
+) -> (String, u64, pb::Checkpoint) {
+    let (id, cmd) = checked_and_started(op, agent, name).await;
     assert!(matches!(cmd.body, Some(C::StartMigration(_))), "{cmd:?}");
     let checkpoint = pb::Checkpoint {
         phase: pb::TaskPhase::OplogSync as i32,
