@@ -84,29 +84,79 @@ async fn seed_app(world: &World, things: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs write rounds until `stop`, counting them.
-fn spawn_writer(
-    world: &World,
+/// A concurrent application: write rounds on the source until finished, counted.
+struct Writer {
     stop: Arc<AtomicBool>,
     rounds: Arc<AtomicI32>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let client = world.source_client.clone();
-    tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
-            let round = rounds.load(Ordering::Relaxed);
-            write_round(&client, "app", round).await?;
-            rounds.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    })
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn wait_rounds(rounds: &AtomicI32, at_least: i32) {
-    let deadline = tokio::time::Instant::now() + MINUTE;
-    while rounds.load(Ordering::Relaxed) < at_least && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+impl Writer {
+    fn start(world: &World) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicI32::new(0));
+        let client = world.source_client.clone();
+        let handle = tokio::spawn({
+            let (stop, rounds) = (stop.clone(), rounds.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let round = rounds.load(Ordering::Relaxed);
+                    write_round(&client, "app", round).await?;
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(())
+            }
+        });
+        Self {
+            stop,
+            rounds,
+            handle,
+        }
     }
+
+    fn rounds(&self) -> i32 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Waits (a minute at most) until at least `at_least` rounds are written.
+    async fn until(&self, at_least: i32) {
+        let deadline = tokio::time::Instant::now() + MINUTE;
+        while self.rounds() < at_least && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for `n` more rounds than written so far.
+    async fn more(&self, n: i32) {
+        self.until(self.rounds() + n).await;
+    }
+
+    /// The application stops writing (cut-over); its errors fail the test.
+    async fn finish(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await?
+    }
+}
+
+/// Waits for OPLOG_SYNC, lets the writer write `rounds` more rounds, stops it, completes the task and checks that
+/// the destination equals the source.
+async fn writes_then_complete_and_compare(
+    world: &World,
+    task_id: &str,
+    writer: Writer,
+    rounds: i32,
+) -> anyhow::Result<(pb::Task, u64)> {
+    world
+        .wait_task(task_id, 2 * MINUTE, |t| {
+            t.phase == phase(pb::TaskPhase::OplogSync)
+        })
+        .await?;
+    writer.more(rounds).await;
+    writer.finish().await?;
+    let done = complete(world, task_id).await?;
+    let compared = assert_same(&world.source_client, &world.dest_client, &["app", "other"]).await?;
+    Ok((done, compared))
 }
 
 async fn complete(world: &World, task_id: &str) -> anyhow::Result<pb::Task> {
@@ -130,9 +180,7 @@ async fn every_bson_type_with_concurrent_writer_ends_byte_for_byte_equal() -> an
     seed_app(&world, 400).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicI32::new(0));
-    let writer = spawn_writer(&world, stop.clone(), rounds.clone());
+    let writer = Writer::start(&world);
     world
         .api
         .clone()
@@ -140,23 +188,12 @@ async fn every_bson_type_with_concurrent_writer_ends_byte_for_byte_equal() -> an
             task_id: task_id.clone(),
         })
         .await?;
-    world
-        .wait_task(&task_id, 2 * MINUTE, |t| {
-            t.phase == phase(pb::TaskPhase::OplogSync)
-        })
-        .await?;
-    let seen = rounds.load(Ordering::Relaxed);
-    wait_rounds(&rounds, seen + 12).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await??;
-
-    let done = complete(&world, &task_id).await?;
+    let (done, compared) = writes_then_complete_and_compare(&world, &task_id, writer, 12).await?;
     let progress = done.progress.unwrap_or_default();
     assert!(
         progress.documents_copied > 0,
         "final progress has copied documents: {progress:?}"
     );
-    let compared = assert_same(&world.source_client, &world.dest_client, &["app", "other"]).await?;
     assert!(compared > 2400, "compared {compared} documents");
     Ok(())
 }
@@ -167,9 +204,7 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal(
     let mut world = World::start(256).await?;
     seed_app(&world, 3000).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicI32::new(0));
-    let writer = spawn_writer(&world, stop.clone(), rounds.clone());
+    let writer = Writer::start(&world);
 
     // Slow the source's cursors down so DATA_SYNC lasts long enough to be interrupted.
     start_slowed(&world, &task_id, Duration::from_millis(150)).await?;
@@ -201,25 +236,18 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal(
             t.phase == phase(pb::TaskPhase::OplogSync)
         })
         .await?;
-    let seen = rounds.load(Ordering::Relaxed);
-    wait_rounds(&rounds, seen + 5).await;
+    writer.more(5).await;
     let in_oplog = world.get_task(&task_id).await?;
     world.agent.kill9().await?;
     // Writes that land while no agent runs must still arrive.
-    wait_rounds(&rounds, seen + 10).await;
+    writer.more(5).await;
     world.agent.restart().await?;
     world
         .wait_task(&task_id, MINUTE, |t| {
             t.agent_connected && t.epoch > in_oplog.epoch
         })
         .await?;
-    let seen = rounds.load(Ordering::Relaxed);
-    wait_rounds(&rounds, seen + 5).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await??;
-
-    complete(&world, &task_id).await?;
-    assert_same(&world.source_client, &world.dest_client, &["app", "other"]).await?;
+    writes_then_complete_and_compare(&world, &task_id, writer, 5).await?;
     Ok(())
 }
 
@@ -349,9 +377,7 @@ async fn an_outage_beyond_the_retry_budget_fails_resumable_and_start_task_resume
     let world = World::start_with(256, &["--retry-budget", "2s"]).await?;
     seed_app(&world, 3000).await?;
     let task_id = world.create_checked_task(&["app", "other"]).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicI32::new(0));
-    let writer = spawn_writer(&world, stop.clone(), rounds.clone());
+    let writer = Writer::start(&world);
     start_slowed(&world, &task_id, Duration::from_millis(300)).await?;
     world
         .wait_task(&task_id, 2 * MINUTE, |t| {
@@ -397,17 +423,7 @@ async fn an_outage_beyond_the_retry_budget_fails_resumable_and_start_task_resume
         "resume starts from the checkpoint"
     );
     assert!(resumed.epoch > failed.epoch);
-    world
-        .wait_task(&task_id, 2 * MINUTE, |t| {
-            t.phase == phase(pb::TaskPhase::OplogSync)
-        })
-        .await?;
-    let seen = rounds.load(Ordering::Relaxed);
-    wait_rounds(&rounds, seen + 5).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await??;
-    complete(&world, &task_id).await?;
-    assert_same(&world.source_client, &world.dest_client, &["app", "other"]).await?;
+    writes_then_complete_and_compare(&world, &task_id, writer, 5).await?;
     Ok(())
 }
 
