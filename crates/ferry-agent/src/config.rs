@@ -181,7 +181,8 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Copy rate per second assumed by the oplog-window check, e.g. "16MiB" (default: the checks' 16 MiB/s).
+    /// Copy rate per second assumed by the oplog-window check, e.g. "16MiB" (default: the rate measured by this
+    /// agent's last full copy of at least 64 MiB, else 16 MiB/s).
     #[arg(long, value_parser = parse_size)]
     pub estimated_copy_rate: Option<u64>,
     /// Cap of each task's on-disk oplog spool, e.g. "8GiB" (default 8 GiB).

@@ -213,6 +213,7 @@ pub(crate) fn check_input(
         destination_region: destination.region.clone(),
         identity: local_identity(identity),
         copy_rate_bytes_per_second: options.copy_rate_bytes_per_second,
+        copy_rate_origin: "given by the coordinator".to_owned(),
         item_timeout: if options.item_timeout_ms == 0 {
             ferry_checks::DEFAULT_ITEM_TIMEOUT
         } else {

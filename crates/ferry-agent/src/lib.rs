@@ -11,6 +11,7 @@
 pub mod backoff;
 pub mod config;
 mod convert;
+pub mod copy_rate;
 pub mod identity;
 mod runner;
 mod session;

@@ -48,7 +48,9 @@ pub(crate) fn run_checks(runner: &TaskRunner, task_id: String, epoch: u64, comma
         Err(error) => return runner.reply_error(task_id, epoch, "run_checks", error.to_string()),
     };
     if input.copy_rate_bytes_per_second == 0 {
-        input.copy_rate_bytes_per_second = runner.inner.config.estimated_copy_rate.unwrap_or(0);
+        let (rate, origin) = crate::copy_rate::choose(&runner.inner.config);
+        input.copy_rate_bytes_per_second = rate;
+        input.copy_rate_origin = origin;
     }
     let Some(registered) = register(runner, &task_id, epoch, WorkKind::Checks, None) else {
         return runner.reply_error(
@@ -175,9 +177,10 @@ pub(crate) fn start_migration(
     let span = tracing::info_span!("migration", %task_id);
     info!(%task_id, epoch, resuming = resume.is_some(), "starting migration");
     let runner_handle = runner.clone();
+    let data_dir = runner.inner.config.data_dir.clone();
     runner.inner.tracker.spawn(
         async move {
-            migrate(config, resume, control, reporter.clone(), cancel).await;
+            migrate(config, resume, control, reporter.clone(), cancel, data_dir).await;
             finish(&runner_handle, reporter.task_id(), generation, &finished);
         }
         .instrument(span),
@@ -429,8 +432,15 @@ async fn migrate(
     control: Control,
     reporter: TaskReporter,
     cancel: CancellationToken,
+    data_dir: std::path::PathBuf,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel(EVENTS_CAPACITY);
+    // A copy that starts from scratch and runs to its end measures this host's copy rate for later checks.
+    let mut rate = resume.is_none().then_some(CopyRate {
+        data_dir,
+        started: None,
+        bytes: 0,
+    });
     let mut last_checkpoint = resume.clone();
     let engine =
         ferry_engine::run_migration(config.clone(), resume, control.engine.clone(), events_tx);
@@ -443,10 +453,18 @@ async fn migrate(
                 cancelled = true;
                 control.engine.stop();
             }
-            Some(event) = events_rx.recv() => forward(event, &reporter, &mut last_checkpoint).await,
+            Some(event) = events_rx.recv() => {
+                if let Some(rate) = rate.as_mut() {
+                    rate.observe(&event);
+                }
+                forward(event, &reporter, &mut last_checkpoint).await;
+            }
         }
     };
     while let Ok(event) = events_rx.try_recv() {
+        if let Some(rate) = rate.as_mut() {
+            rate.observe(&event);
+        }
         forward(event, &reporter, &mut last_checkpoint).await;
     }
     if control.stop_requested.load(Ordering::SeqCst) {
@@ -477,6 +495,38 @@ async fn migrate(
                     resumable: error.resumable(),
                 }))
                 .await;
+        }
+    }
+}
+
+/// Measures a from-scratch DATA_SYNC: bytes copied over the time from its start to the next phase.
+struct CopyRate {
+    data_dir: std::path::PathBuf,
+    started: Option<std::time::Instant>,
+    bytes: u64,
+}
+
+impl CopyRate {
+    fn observe(&mut self, event: &ferry_engine::EngineEvent) {
+        match event {
+            ferry_engine::EngineEvent::PhaseChanged(ferry_engine::Phase::DataSync) => {
+                self.started = Some(std::time::Instant::now());
+            }
+            ferry_engine::EngineEvent::Progress(progress) => self.bytes = progress.bytes_copied,
+            ferry_engine::EngineEvent::PhaseChanged(_) => {
+                let Some(started) = self.started.take() else {
+                    return;
+                };
+                match crate::copy_rate::record(&self.data_dir, self.bytes, started.elapsed()) {
+                    Ok(Some(rate)) => info!(
+                        rate_bytes_per_second = rate,
+                        "copy rate measured for the oplog-window check"
+                    ),
+                    Ok(None) => {}
+                    Err(error) => warn!(%error, "could not record the measured copy rate"),
+                }
+            }
+            ferry_engine::EngineEvent::Checkpoint(_) => {}
         }
     }
 }
@@ -538,5 +588,59 @@ async fn roll_back(
                 ))
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_engine::{EngineEvent, Phase, ProgressSnapshot};
+
+    fn progress(bytes_copied: u64) -> EngineEvent {
+        EngineEvent::Progress(ProgressSnapshot {
+            phase: Phase::DataSync,
+            collections: Vec::new(),
+            documents_copied: 0,
+            documents_estimated: 0,
+            bytes_copied,
+            bytes_estimated: 0,
+            documents_per_second: 0.0,
+            bytes_per_second: 0.0,
+            eta_seconds: None,
+            indexes_built: 0,
+            indexes_total: 0,
+            last_applied: None,
+            source_newest: None,
+            lag_seconds: 0.0,
+            oplog_entries_applied: 0,
+            spool_bytes: 0,
+        })
+    }
+
+    #[test]
+    fn the_end_of_a_from_scratch_copy_records_its_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rate = CopyRate {
+            data_dir: dir.path().to_path_buf(),
+            started: None,
+            bytes: 0,
+        };
+        rate.observe(&EngineEvent::PhaseChanged(Phase::DataSync));
+        // The copy began 10 s ago and moved 1 GiB.
+        rate.started = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(10));
+        rate.observe(&progress(1 << 30));
+        assert_eq!(
+            crate::copy_rate::load(dir.path()),
+            None,
+            "not before the copy ends"
+        );
+        rate.observe(&EngineEvent::PhaseChanged(Phase::IndexCreation));
+        let measured = crate::copy_rate::load(dir.path()).unwrap();
+        // 1 GiB over a little more than 10 s: about 102 MiB/s.
+        assert!((95 << 20..=(103 << 20)).contains(&measured), "{measured}");
+        // Later phase changes measure nothing more.
+        rate.observe(&progress(1 << 20));
+        rate.observe(&EngineEvent::PhaseChanged(Phase::OplogSync));
+        assert_eq!(crate::copy_rate::load(dir.path()), Some(measured));
     }
 }

@@ -282,18 +282,29 @@ pub(crate) fn oplog_window_secs(facts: &OplogFacts) -> (f64, String) {
     (span, "oldest to newest entry".to_string())
 }
 
-/// `oplog_window`: the window against the estimated copy time of `data_bytes` at `rate` bytes/s.
-pub(crate) fn oplog_window(facts: &OplogFacts, data_bytes: u64, rate: u64) -> Verdict {
+/// `oplog_window`: the window against the estimated copy time of `data_bytes` at `rate` bytes/s (`origin` says where
+/// the rate comes from).
+pub(crate) fn oplog_window(
+    facts: &OplogFacts,
+    data_bytes: u64,
+    rate: u64,
+    origin: &str,
+) -> Verdict {
     let (window, how) = oplog_window_secs(facts);
     let rate = rate.max(1);
     let copy = data_bytes as f64 / rate as f64;
     let numbers = format!(
-        "oplog window {} ({how}) {} estimated copy time {} ({} at {}/s)",
+        "oplog window {} ({how}) {} estimated copy time {} ({} at {}/s{})",
         format_secs(window),
         if window < copy { "<" } else { ">=" },
         format_secs(copy),
         format_bytes(data_bytes),
-        format_bytes(rate)
+        format_bytes(rate),
+        if origin.is_empty() {
+            String::new()
+        } else {
+            format!(", {origin}")
+        }
     );
     let grow = "grow the source's oplog (replSetResizeOplog, or oplogMinRetentionHours on 4.4+)";
     if window < copy {
@@ -696,11 +707,15 @@ mod tests {
     #[test]
     fn oplog_window_fails_below_copy_time_with_both_numbers() {
         // 0.4 h window, 12 GiB at 1.6 MiB/s = 2.1 h.
-        let v = oplog_window(&full_oplog(1440), 12 << 30, 1_677_722);
+        let v = oplog_window(&full_oplog(1440), 12 << 30, 1_677_722, "configured");
         assert_eq!(v.status, CheckStatus::Fail);
         assert!(v.message.contains("0.4 h"), "{}", v.message);
         assert!(v.message.contains("2.1 h"), "{}", v.message);
-        assert!(v.message.contains("12.0 GiB at 1.6 MiB/s"), "{}", v.message);
+        assert!(
+            v.message.contains("12.0 GiB at 1.6 MiB/s, configured"),
+            "{}",
+            v.message
+        );
         assert!(v.message.contains("spool"));
         assert!(v.fix.contains("replSetResizeOplog"));
     }
@@ -709,11 +724,11 @@ mod tests {
     fn oplog_window_warns_with_thin_margin_and_passes_with_room() {
         // copy time 1 h.
         assert_eq!(
-            oplog_window(&full_oplog(5400), 3600, 1).status,
+            oplog_window(&full_oplog(5400), 3600, 1, "").status,
             CheckStatus::Warn
         );
         assert_eq!(
-            oplog_window(&full_oplog(7200), 3600, 1).status,
+            oplog_window(&full_oplog(7200), 3600, 1, "").status,
             CheckStatus::Pass
         );
     }

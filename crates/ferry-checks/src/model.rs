@@ -147,6 +147,9 @@ pub struct CheckInput {
     pub identity: LocalIdentity,
     /// Bytes per second used to estimate the copy time; 0 = [`crate::DEFAULT_COPY_RATE_BYTES_PER_SECOND`].
     pub copy_rate_bytes_per_second: u64,
+    /// Where that rate comes from, shown next to it (e.g. "configured", "measured by this agent's last full
+    /// copy"); empty with a rate of 0 means the checks' default.
+    pub copy_rate_origin: String,
     /// Upper bound of each item; zero = [`crate::DEFAULT_ITEM_TIMEOUT`].
     pub item_timeout: Duration,
 }

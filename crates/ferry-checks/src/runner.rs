@@ -383,9 +383,9 @@ impl Runner {
             return self.record(OPLOG_WINDOW, Duration::ZERO, verdict).await;
         };
         let started = Instant::now();
-        let rate = match self.input.copy_rate_bytes_per_second {
-            0 => DEFAULT_COPY_RATE_BYTES_PER_SECOND,
-            configured => configured,
+        let (rate, origin) = match self.input.copy_rate_bytes_per_second {
+            0 => (DEFAULT_COPY_RATE_BYTES_PER_SECOND, "default".to_owned()),
+            given => (given, self.input.copy_rate_origin.clone()),
         };
         let measured = self
             .within(async {
@@ -398,7 +398,7 @@ impl Runner {
             Some((bytes, oplog)) => {
                 self.source_data_bytes = Some(bytes);
                 match oplog {
-                    Ok(Some(facts)) => evaluate::oplog_window(&facts, bytes, rate),
+                    Ok(Some(facts)) => evaluate::oplog_window(&facts, bytes, rate, &origin),
                     Ok(None) => Verdict::fail(
                         "local.oplog.rs has no entries",
                         "check that the replica set is initiated and healthy (rs.status())",

@@ -79,6 +79,7 @@ impl Env {
                 metadata_error: None,
             },
             copy_rate_bytes_per_second: 0,
+            copy_rate_origin: String::new(),
             item_timeout: Duration::from_secs(5),
         }
     }
@@ -519,6 +520,7 @@ async fn closed_receiver_still_returns_every_item() {
         destination_region: REGION.into(),
         identity: LocalIdentity::default(),
         copy_rate_bytes_per_second: 0,
+        copy_rate_origin: String::new(),
         item_timeout: Duration::from_secs(2),
     };
     let (items_tx, items_rx) = tokio::sync::mpsc::channel(1);
