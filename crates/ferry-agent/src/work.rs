@@ -187,15 +187,18 @@ pub(crate) fn start_migration(
     );
 }
 
-pub(crate) fn complete_migration(runner: &TaskRunner, task_id: String, epoch: u64) {
-    let control = {
-        let tasks = runner.tasks();
-        tasks.get(&task_id).filter(|t| t.active()).and_then(|task| {
-            task.control.clone().inspect(|_| {
-                task.epoch.fetch_max(epoch, Ordering::SeqCst);
-            })
+/// The control of the task's engine running here, which from now on obeys `epoch`; `None` when none runs.
+fn running_control(runner: &TaskRunner, task_id: &str, epoch: u64) -> Option<Control> {
+    let tasks = runner.tasks();
+    tasks.get(task_id).filter(|t| t.active()).and_then(|task| {
+        task.control.clone().inspect(|_| {
+            task.epoch.fetch_max(epoch, Ordering::SeqCst);
         })
-    };
+    })
+}
+
+pub(crate) fn complete_migration(runner: &TaskRunner, task_id: String, epoch: u64) {
+    let control = running_control(runner, &task_id, epoch);
     match control {
         Some(control) => {
             info!(%task_id, epoch, "cut-over requested");
@@ -216,14 +219,7 @@ pub(crate) fn stop_migration(
     epoch: u64,
     command: StopMigration,
 ) {
-    let control = {
-        let tasks = runner.tasks();
-        tasks.get(&task_id).filter(|t| t.active()).and_then(|task| {
-            task.control.clone().inspect(|_| {
-                task.epoch.fetch_max(epoch, Ordering::SeqCst);
-            })
-        })
-    };
+    let control = running_control(runner, &task_id, epoch);
     if let Some(control) = control {
         info!(%task_id, epoch, "stop requested; stopping the engine before rolling back");
         control.stop_requested.store(true, Ordering::SeqCst);

@@ -112,15 +112,7 @@ pub fn read_or_create_token(path: &Path) -> anyhow::Result<Secret> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
+    let mut file = ferry_store::create_private_file(path)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut file, token.as_bytes())?;
     Ok(Secret::new(token))

@@ -60,7 +60,7 @@ impl Coordinator {
                     }),
                 );
             }
-            TaskState::Running => {
+            TaskState::Running | TaskState::Completing => {
                 self.send_command(
                     task,
                     Body::StartMigration(pb::StartMigration {
@@ -69,17 +69,10 @@ impl Coordinator {
                         checkpoint,
                     }),
                 );
-            }
-            TaskState::Completing => {
-                self.send_command(
-                    task,
-                    Body::StartMigration(pb::StartMigration {
-                        spec,
-                        destination,
-                        checkpoint,
-                    }),
-                );
-                self.send_command(task, Body::CompleteMigration(pb::CompleteMigration {}));
+                if task.state == TaskState::Completing {
+                    // A cut-over requested before this (re)assignment still has to happen.
+                    self.send_command(task, Body::CompleteMigration(pb::CompleteMigration {}));
+                }
             }
             TaskState::Stopping => {
                 self.send_command(

@@ -75,6 +75,15 @@ impl Ctx {
         lock(&self.state)
     }
 
+    /// Namespaces of the planned collections, in plan order.
+    pub(crate) fn planned_namespaces(&self) -> Vec<String> {
+        self.state()
+            .collections
+            .iter()
+            .map(|c| c.ns.clone())
+            .collect()
+    }
+
     /// Records the first fatal error and cancels every task of the migration.
     pub(crate) fn fail(&self, error: EngineError) {
         let mut f = lock(&self.failure);

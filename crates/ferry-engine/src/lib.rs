@@ -211,13 +211,7 @@ async fn phases(
         .copy_end
         .map(state::optime)
         .unwrap_or(ctx.start_ts);
-    let namespaces: Vec<String> = ctx
-        .state()
-        .collections
-        .iter()
-        .map(|c| c.ns.clone())
-        .collect();
-    let unique = plan::unique_namespaces(&ctx, &namespaces).await;
+    let unique = plan::unique_namespaces(&ctx, &ctx.planned_namespaces()).await;
     let applier = apply::Applier::new(ctx.clone(), apply_from, copy_end, unique);
     let final_ts = match applier.run(reader).await {
         Ok(Some(t)) => t,

@@ -385,12 +385,7 @@ pub(crate) async fn create_all(ctx: &Ctx) -> Result<(), EngineError> {
 /// INDEX_CREATION: every secondary index of every planned collection, same options.
 pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
     use std::sync::atomic::Ordering;
-    let namespaces: Vec<String> = ctx
-        .state()
-        .collections
-        .iter()
-        .map(|c| c.ns.clone())
-        .collect();
+    let namespaces = ctx.planned_namespaces();
     let mut work = Vec::new();
     for ns in &namespaces {
         let (db, name) = split_ns(ns);

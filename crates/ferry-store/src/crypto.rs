@@ -77,15 +77,7 @@ impl SecretBox {
 
 fn create_key_file(path: &Path) -> Result<Vec<u8>, StoreError> {
     let key = ChaCha20Poly1305::generate_key(&mut OsRng).to_vec();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
+    let mut file = crate::create_private_file(path)
         .map_err(|e| StoreError::KeyFile(format!("creating {}: {e}", path.display())))?;
     file.write_all(&key)?;
     file.sync_all()?;

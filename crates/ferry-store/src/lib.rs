@@ -14,6 +14,18 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::crypto::{Sealed, SecretBox};
 
+/// Creates `path` for a secret: it must not exist yet, and only the owner may read it (mode 0600 on unix).
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
 /// Version of the on-disk layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
