@@ -26,6 +26,8 @@ struct State {
     close_after: Option<u64>,
     delay: Option<Duration>,
     rules: Vec<FailRule>,
+    /// Enabled server fail points by name (e.g. `hangAfterStartingIndexBuild`).
+    fail_points: std::collections::BTreeSet<String>,
 }
 
 /// What the connection loop must do with a command.
@@ -44,6 +46,8 @@ pub(crate) enum Action {
 pub struct Faults {
     state: Arc<Mutex<State>>,
     generation_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped whenever a fail point is switched on or off.
+    fail_points_tx: Arc<tokio::sync::watch::Sender<u64>>,
     /// Checked on every accept and message, hence an atomic rather than part of `state`.
     outage: Arc<AtomicBool>,
 }
@@ -51,9 +55,11 @@ pub struct Faults {
 impl Default for Faults {
     fn default() -> Self {
         let (tx, _) = tokio::sync::watch::channel(0);
+        let (fp_tx, _) = tokio::sync::watch::channel(0);
         Self {
             state: Arc::default(),
             generation_tx: Arc::new(tx),
+            fail_points_tx: Arc::new(fp_tx),
             outage: Arc::default(),
         }
     }
@@ -141,6 +147,34 @@ impl Faults {
     pub fn clear(&self) {
         self.with(|s| *s = State::default());
         self.outage.store(false, Ordering::SeqCst);
+        self.fail_points_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Switches a server fail point on or off, like `configureFailPoint` with `alwaysOn` /
+    /// `off`. Supported: `hangAfterStartingIndexBuild` and `hangIndexBuildBeforeCommit`
+    /// (mongodb/mongo `src/mongo/db/index_builds_coordinator.cpp`): a two-phase index build
+    /// (`createIndexes` on a non-empty collection) logs `startIndexBuild` and then waits,
+    /// without returning, until the fail point is switched off (it then commits) or the build
+    /// is aborted by `dropIndexes` (it then returns IndexBuildAborted, 276).
+    pub fn set_fail_point(&self, name: &str, on: bool) {
+        self.with(|s| {
+            if on {
+                s.fail_points.insert(name.to_string());
+            } else {
+                s.fail_points.remove(name);
+            }
+        });
+        self.fail_points_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Whether the fail point `name` is on.
+    pub fn fail_point(&self, name: &str) -> bool {
+        self.with(|s| s.fail_points.contains(name))
+    }
+
+    /// A receiver that changes whenever a fail point is switched.
+    pub(crate) fn fail_points_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fail_points_tx.subscribe()
     }
 
     pub(crate) fn generation(&self) -> tokio::sync::watch::Receiver<u64> {

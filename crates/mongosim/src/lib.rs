@@ -25,8 +25,11 @@ pub mod idplan;
 pub mod index;
 pub mod oplog;
 mod rawbuf;
+pub mod repl;
 mod server;
 pub mod store;
+mod ttl;
+mod txn;
 pub mod update;
 pub mod value;
 pub mod wire;
@@ -76,6 +79,8 @@ pub struct Config {
     pub fs_total_bytes: u64,
     /// Bytes used on that filesystem, as `dbStats.fsUsedSize` reports it.
     pub fs_used_bytes: u64,
+    /// Interval between TTL monitor passes (`ttlMonitorSleepSecs`, 60 s).
+    pub ttl_interval: Duration,
 }
 
 /// `dbStats.fsTotalSize` unless configured: 100 GiB.
@@ -143,6 +148,7 @@ impl Default for Builder {
                 test_commands: true,
                 fs_total_bytes: DEFAULT_FS_TOTAL_BYTES,
                 fs_used_bytes: DEFAULT_FS_USED_BYTES,
+                ttl_interval: Duration::from_secs(60),
             },
             bind: "127.0.0.1:0".into(),
         }
@@ -204,6 +210,13 @@ impl Builder {
     /// Interval of the periodic no-op writer (10 s like the server).
     pub fn noop_interval(mut self, d: Duration) -> Self {
         self.config.noop_interval = d;
+        self
+    }
+
+    /// Interval between TTL monitor passes (60 s like the server's `ttlMonitorSleepSecs`).
+    /// [`MongoSim::run_ttl_pass`] runs one pass at once.
+    pub fn ttl_monitor_interval(mut self, d: Duration) -> Self {
+        self.config.ttl_interval = d;
         self
     }
 
@@ -280,6 +293,7 @@ impl MongoSim {
         ));
         tracker.spawn(server::accept_loop(shared.clone(), listener));
         tracker.spawn(server::noop_writer(shared.clone()));
+        tracker.spawn(ttl::monitor(shared.clone()));
         Ok(Self {
             addr,
             shared,
@@ -319,6 +333,38 @@ impl MongoSim {
     pub fn write_noop(&self) {
         self.shared
             .with_store(|s| s.log_noop(bson::doc! {"msg": "periodic noop"}));
+    }
+
+    /// Runs one TTL monitor pass now (as the background monitor does every
+    /// `ttl_monitor_interval`); returns the number of documents it deleted.
+    pub fn run_ttl_pass(&self) -> usize {
+        ttl::run_pass(&self.shared)
+    }
+
+    /// Freezes the majority commit point at the current optime: later writes are applied
+    /// and logged but not majority-committed (`hello.lastWrite.majorityOpTime`,
+    /// `replSetGetStatus.optimes.lastCommittedOpTime` and majority reads of the oplog stay
+    /// there). The data as of now is kept for [`MongoSim::rollback_to_majority`].
+    pub fn hold_majority(&self) {
+        self.shared.with_store(|s| s.hold_majority());
+    }
+
+    /// Lets the majority commit point follow the newest optime again.
+    pub fn release_majority(&self) {
+        self.shared.with_store(|s| s.release_majority());
+    }
+
+    /// Simulates a failover with rollback: oplog entries after the majority point are
+    /// removed and their data effects undone, `replSetGetRBID` goes up, the term goes up
+    /// (`t` of new entries, `electionId`), a `{msg: "new primary"}` no-op is written, open
+    /// transactions are aborted, every cursor is closed and every connection is dropped.
+    /// Returns the number of oplog entries rolled back.
+    pub fn rollback_to_majority(&self) -> usize {
+        txn::abort_all(&self.shared);
+        let n = self.shared.with_store(|s| s.rollback_to_majority());
+        self.shared.with_cursors(|c| c.clear());
+        self.shared.faults.drop_connections();
+        n
     }
 
     /// Stops accepting, closes every connection and waits for all tasks.

@@ -34,6 +34,9 @@ struct Args {
     /// Oplog cap in MiB.
     #[arg(long, default_value_t = 64)]
     oplog_size_mb: usize,
+    /// Seconds between TTL monitor passes (the server's ttlMonitorSleepSecs).
+    #[arg(long, default_value_t = 60)]
+    ttl_monitor_secs: u64,
     /// Accept configureFailPoint (test commands).
     #[arg(long)]
     enable_test_commands: bool,
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let mut builder = mongosim::MongoSim::builder()
         .server_version(&args.server_version)
         .oplog_size_mb(args.oplog_size_mb)
+        .ttl_monitor_interval(std::time::Duration::from_secs(args.ttl_monitor_secs.max(1)))
         .test_commands(args.enable_test_commands)
         .filesystem(args.fs_total_size, args.fs_used_size);
     builder = if args.single_node {

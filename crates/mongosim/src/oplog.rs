@@ -142,6 +142,19 @@ impl Oplog {
         }
     }
 
+    /// Removes every entry with `ts` after `key` (a rollback); returns how many.
+    pub fn truncate_after(&mut self, key: u64) -> usize {
+        let keep = self.position_after(key, false);
+        let mut n = 0;
+        while self.entries.len() > keep {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= e.doc.as_bytes().len();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// A receiver that changes whenever an entry is appended.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed_tx.subscribe()

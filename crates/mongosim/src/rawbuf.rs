@@ -213,6 +213,11 @@ impl RawWriter {
         }
     }
 
+    /// Appends one element given as its raw bytes (type, key and value).
+    pub fn raw_element(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Appends every element of a raw document.
     pub fn extend_raw(&mut self, d: &RawDocument) {
         let bytes = d.as_bytes();
@@ -231,7 +236,11 @@ impl RawWriter {
 }
 
 /// Checks that `bytes` is a well-formed BSON document, recursively (lengths, terminators,
-/// UTF-8 strings, known element types). Never panics.
+/// UTF-8 keys, known element types). Never panics.
+///
+/// String *values* are not checked for UTF-8: like a real server (whose BSON validation
+/// does not check UTF-8 by default, mongodb/mongo `src/mongo/bson/bson_validate.cpp`), mongosim
+/// stores and returns them byte for byte.
 ///
 /// Documents made only of the common element types are checked by a byte-level scan; any
 /// other document (rare types, or anything the scan does not accept) goes through `bson`'s
@@ -312,7 +321,7 @@ mod fast {
                     if n < 1 || v + 4 + n > last {
                         return false;
                     }
-                    if bytes[v + 4 + n - 1] != 0 || !utf8(&bytes[v + 4..v + 4 + n - 1]) {
+                    if bytes[v + 4 + n - 1] != 0 {
                         return false;
                     }
                     4 + n
@@ -351,9 +360,18 @@ fn validate_doc(raw: &RawDocument, depth: usize) -> Result<(), String> {
     if depth > 180 {
         return Err("BSON document nesting too deep".into());
     }
-    for item in raw.iter() {
-        let (_, v) = item.map_err(|e| e.to_string())?;
-        validate_value(v, depth)?;
+    validate_elements(raw.iter_elements(), depth)
+}
+
+fn validate_elements(iter: bson::raw::RawIter<'_>, depth: usize) -> Result<(), String> {
+    for item in iter {
+        let el = item.map_err(|e| e.to_string())?;
+        if el.element_type() == bson::spec::ElementType::String {
+            // Structure only: the bytes of a string value are kept as they are.
+            el.value_utf8_lossy().map_err(|e| e.to_string())?;
+            continue;
+        }
+        validate_value(el.value().map_err(|e| e.to_string())?, depth)?;
     }
     Ok(())
 }
@@ -366,12 +384,7 @@ fn validate_value(v: bson::RawBsonRef<'_>, depth: usize) -> Result<(), String> {
     }
     match v {
         bson::RawBsonRef::Document(d) => validate_doc(d, depth + 1),
-        bson::RawBsonRef::Array(a) => {
-            for el in a {
-                validate_value(el.map_err(|e| e.to_string())?, depth + 1)?;
-            }
-            Ok(())
-        }
+        bson::RawBsonRef::Array(a) => validate_elements(a.iter_elements(), depth + 1),
         bson::RawBsonRef::JavaScriptCodeWithScope(c) => validate_doc(c.scope, depth + 1),
         _ => Ok(()),
     }

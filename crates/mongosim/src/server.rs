@@ -47,6 +47,8 @@ pub struct Shared {
     pub started: Instant,
     /// opcounters: insert, query, update, delete, getmore, command.
     pub opcounters: [AtomicU64; 6],
+    /// Logical sessions and their transactions.
+    pub sessions: Mutex<crate::txn::Sessions>,
 }
 
 impl Shared {
@@ -75,12 +77,18 @@ impl Shared {
             open_conns: AtomicI32::new(0),
             started: Instant::now(),
             opcounters: Default::default(),
+            sessions: Mutex::new(crate::txn::Sessions::default()),
             config,
         }
     }
 
-    /// Runs `f` with the store locked (never across an await).
+    /// Runs `f` with the store locked (never across an await). Inside a transactional
+    /// command, `f` runs on the transaction's own data instead (see `txn`).
     pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let f = match crate::txn::with_current(f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         let mut guard = match self.store.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -15,6 +15,9 @@ pub use crate::index::{Index, OrdBson};
 use crate::oplog::{Clock, Entry, Oplog, TERM};
 use crate::rawbuf::RawWriter;
 
+mod ddl;
+pub use ddl::{IndexBuild, IndexBuildStart, IndexBuilds};
+
 /// A collection or view.
 #[derive(Debug, Clone)]
 pub struct Collection {
@@ -28,10 +31,41 @@ pub struct Collection {
     pub indexes: Vec<Index>,
     /// Sum of the documents' encoded sizes.
     pub data_bytes: usize,
+    /// Insertion order of a capped collection (`$natural` order and eviction); `None` for
+    /// other collections, whose `$natural` order is `_id` order in mongosim.
+    pub natural: Option<Natural>,
+}
+
+/// Insertion order of the documents of a capped collection (the record ids of a real one).
+#[derive(Debug, Clone, Default)]
+pub struct Natural {
+    next: u64,
+    by_seq: BTreeMap<u64, OrdBson>,
+    seq_of: BTreeMap<OrdBson, u64>,
+}
+
+impl Natural {
+    fn push(&mut self, id: OrdBson) {
+        self.next += 1;
+        self.by_seq.insert(self.next, id.clone());
+        self.seq_of.insert(id, self.next);
+    }
+
+    fn remove(&mut self, id: &OrdBson) {
+        if let Some(seq) = self.seq_of.remove(id) {
+            self.by_seq.remove(&seq);
+        }
+    }
+
+    /// `_id`s in insertion order.
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = &OrdBson> {
+        self.by_seq.values()
+    }
 }
 
 impl Collection {
     fn new(options: Document) -> Self {
+        let natural = crate::value::truthy(options.get("capped")).then(Natural::default);
         let is_view = options.contains_key("viewOn");
         let indexes = if is_view {
             Vec::new()
@@ -45,7 +79,28 @@ impl Collection {
             docs: BTreeMap::new(),
             indexes,
             data_bytes: 0,
+            natural,
         }
+    }
+
+    /// The `size` and `max` limits of a capped collection as the server enforces them:
+    /// `size` rounded up to a multiple of 256, `max` <= 0 meaning none (mongodb/mongo
+    /// `src/mongo/db/catalog/collection_options.cpp`, adjustCappedSize/adjustCappedMaxDocs).
+    pub fn capped_limits(&self) -> Option<(i64, Option<i64>)> {
+        self.natural.as_ref()?;
+        let size = self
+            .options
+            .get("size")
+            .and_then(crate::value::as_i64)
+            .unwrap_or(0)
+            .max(0);
+        let size = size.saturating_add(0xff) & !0xff;
+        let max = self
+            .options
+            .get("max")
+            .and_then(crate::value::as_i64)
+            .filter(|m| *m > 0 && *m != i64::MAX);
+        Some((size, max))
     }
 
     /// `true` for views.
@@ -99,6 +154,34 @@ pub struct Store {
     pub oplog: Option<Oplog>,
     /// Wall-clock ms of the last write (for hello `lastWrite`).
     pub last_write_ms: i64,
+    /// Election term written into `t` and `electionId` (goes up at each simulated failover).
+    pub term: i64,
+    /// When set, oplog entries are not appended but recorded here as the inner operations of
+    /// an `applyOps` (`op`, `ns`, `ui`, `o`, `o2`; no `ts`): a transaction's private copy of
+    /// the data and batched writes (TTL deletes) use it.
+    pub capture: Option<Vec<RawDocumentBuf>>,
+    /// Documents written by open transactions: (namespace, `_id`) -> session id. Other
+    /// writers get WriteConflict on them until the transaction ends.
+    pub txn_locks: BTreeMap<(String, OrdBson), [u8; 16]>,
+    /// The majority commit point while it is held back (test fault), with the data as it
+    /// was then (what a rollback restores).
+    pub majority_hold: Option<MajorityHold>,
+    /// `replSetGetRBID`: goes up at each simulated rollback.
+    pub rbid: i32,
+    /// Two-phase index builds in progress (`store/ddl.rs`).
+    pub builds: IndexBuilds,
+}
+
+/// A majority commit point frozen by [`Store::hold_majority`].
+#[derive(Debug)]
+pub struct MajorityHold {
+    /// Optime of the majority point.
+    pub ts: Timestamp,
+    /// Its term.
+    pub term: i64,
+    /// Wall clock of the last write at that point (ms).
+    pub wall_ms: i64,
+    pub(crate) dbs: BTreeMap<String, BTreeMap<String, Collection>>,
 }
 
 fn now_ms() -> i64 {
@@ -140,6 +223,13 @@ impl Store {
                 Topology::Standalone => None,
             },
             last_write_ms: now_ms(),
+            term: TERM,
+            capture: None,
+            txn_locks: BTreeMap::new(),
+            majority_hold: None,
+            // StorageInterfaceImpl initialises local.system.rollback.id to 1.
+            rbid: 1,
+            builds: IndexBuilds::default(),
         };
         s.log_noop(doc! {"msg": "initiating set"});
         s.log_noop(doc! {"msg": "new primary"});
@@ -166,23 +256,46 @@ impl Store {
     }
 
     /// Like `append_entry_sized`, with the entry's wall clock (ms) already read.
-    fn append_entry_at(
+    pub(crate) fn append_entry_at(
         &mut self,
         cap: usize,
         build: impl FnOnce(&mut RawWriter),
         ts: Timestamp,
         wall: i64,
     ) {
+        self.append_entry_with(cap, build, |_| {}, ts, wall);
+    }
+
+    /// Like `append_entry_at`; `after` appends fields that follow `wall` (`prevOpTime`).
+    pub(crate) fn append_entry_with(
+        &mut self,
+        cap: usize,
+        build: impl FnOnce(&mut RawWriter),
+        after: impl FnOnce(&mut RawWriter),
+        ts: Timestamp,
+        wall: i64,
+    ) {
+        if let Some(ops) = self.capture.as_mut() {
+            let mut w = RawWriter::with_capacity(cap);
+            build(&mut w);
+            match RawDocumentBuf::from_bytes(w.finish()) {
+                Ok(doc) => ops.push(doc),
+                Err(error) => tracing::error!(%error, "could not encode an applyOps operation"),
+            }
+            return;
+        }
         self.last_write_ms = wall;
+        let term = self.term;
         let Some(oplog) = self.oplog.as_mut() else {
             return;
         };
         let mut w = RawWriter::with_capacity(cap);
         build(&mut w);
         w.timestamp("ts", ts);
-        w.i64("t", TERM);
+        w.i64("t", term);
         w.i64("v", 2);
         w.datetime("wall", wall);
+        after(&mut w);
         let bytes = w.finish();
         match RawDocumentBuf::from_bytes(bytes) {
             Ok(doc) => oplog.push(Entry {
@@ -258,6 +371,13 @@ impl Store {
                 format!("Collection {db}.{coll} already exists."),
             ));
         }
+        // Views and time-series collections are not one `create` entry (store/ddl.rs).
+        if options.contains_key("timeseries") && !options.contains_key("viewOn") {
+            return self.create_timeseries(db, coll, options);
+        }
+        if options.contains_key("viewOn") && db != "local" {
+            return self.create_view(db, coll, options);
+        }
         let c = Collection::new(options.clone());
         let uuid = c.uuid;
         let is_view = c.is_view();
@@ -295,10 +415,16 @@ impl Store {
     /// The raw bytes go into the store and the oplog entry as they are; the document is only
     /// decoded when the collection has a secondary unique index.
     pub fn insert(&mut self, db: &str, coll: &str, raw: RawDocumentBuf) -> CmdResult<()> {
+        if self.is_timeseries(db, coll) {
+            return self.insert_measurement(db, coll, raw);
+        }
         if self.coll(db, coll).is_none_or(|c| c.is_view()) {
             self.ensure_collection(db, coll)?;
         }
         let (raw, id) = with_id(raw)?;
+        if !self.txn_locks.is_empty() {
+            self.check_txn_lock(db, coll, &id)?;
+        }
         let Some(c) = self.dbs.get_mut(db).and_then(|d| d.get_mut(coll)) else {
             return Err(CommandError::ns_not_found("ns not found"));
         };
@@ -317,8 +443,7 @@ impl Store {
         };
         if c.indexes.iter().any(|i| i.unique && !i.is_id()) {
             let ns = format!("{db}.{coll}");
-            let d = Document::try_from(raw.as_ref())
-                .map_err(|e| CommandError::new(22, e.to_string()))?;
+            let d = crate::commands::query::decode(&raw)?;
             let mut keys = Vec::new();
             for (i, idx) in c.indexes.iter().enumerate() {
                 if !idx.unique || idx.is_id() {
@@ -339,14 +464,25 @@ impl Store {
         c.data_bytes += size;
         let ui = c.uuid;
         let raw = Arc::new(raw);
+        let key = slot.key().clone();
         slot.insert(raw.clone());
+        let capped = match c.natural.as_mut() {
+            Some(n) => {
+                n.push(key.clone());
+                true
+            }
+            None => false,
+        };
         // One clock read for both `ts` and `wall`.
         let wall = now_ms();
         let ts = self
             .clock
             .tick_at(u64::try_from(wall.div_euclid(1000)).unwrap_or(0));
-        if self.oplog.is_none() {
+        if self.oplog.is_none() && self.capture.is_none() {
             self.last_write_ms = wall;
+            if capped {
+                self.capped_evict(db, coll, &key)?;
+            }
             return Ok(());
         }
         self.append_entry_at(
@@ -363,6 +499,64 @@ impl Store {
             ts,
             wall,
         );
+        if capped {
+            // The insert is logged first, then one `d` per evicted document (mongodb/mongo
+            // `src/mongo/db/catalog/collection_write_path.cpp` insertDocumentsImpl: onInserts,
+            // then cappedDeleteUntilBelowConfiguredMaximum, which since 5.0 logs each capped
+            // deletion through OpObserver::onDelete: `capped_collection_maintenance.cpp`).
+            self.capped_evict(db, coll, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest documents (insertion order) until the collection is within its
+    /// `size` and `max`, never the one just inserted; each deletion is a logged `d`.
+    fn capped_evict(&mut self, db: &str, coll: &str, just_inserted: &OrdBson) -> CmdResult<()> {
+        let Some(c) = self.coll(db, coll) else {
+            return Ok(());
+        };
+        let Some((size, max)) = c.capped_limits() else {
+            return Ok(());
+        };
+        let data = c.data_bytes as i64;
+        let count = c.docs.len() as i64;
+        let size_over = (data - size).max(0);
+        let docs_over = max.map_or(0, |m| (count - m).max(0));
+        let mut victims = Vec::new();
+        let mut saved = 0i64;
+        let mut removed = 0i64;
+        if let Some(n) = c.natural.as_ref() {
+            for id in n.ids() {
+                if saved >= size_over && removed >= docs_over {
+                    break;
+                }
+                if id == just_inserted {
+                    // "We're prohibited from deleting what was just inserted."
+                    break;
+                }
+                removed += 1;
+                saved += c.docs.get(id).map_or(0, |d| d.as_bytes().len() as i64);
+                victims.push(id.0.clone());
+            }
+        }
+        for id in victims {
+            self.delete(db, coll, &id)?;
+        }
+        Ok(())
+    }
+
+    /// WriteConflict when an open transaction wrote `_id` in `db.coll` (a real server makes
+    /// the outside writer wait for the transaction; mongosim fails it instead).
+    pub fn check_txn_lock(&self, db: &str, coll: &str, id: &Bson) -> CmdResult<()> {
+        if self
+            .txn_locks
+            .contains_key(&(format!("{db}.{coll}"), OrdBson(id.clone())))
+        {
+            return Err(CommandError::new(
+                112,
+                "Write conflict during plan execution and yielding is disabled. :: Please retry your operation or multi-document transaction.",
+            ));
+        }
         Ok(())
     }
 
@@ -375,11 +569,40 @@ impl Store {
         post: &Document,
         o: Document,
     ) -> CmdResult<()> {
+        self.replace_inner(db, coll, pre, post, Some(o), None)
+    }
+
+    /// A replacement whose new document is given as raw bytes (`post` is its decoded form, for index
+    /// keys): stored and logged as the `u` entry's `o` byte for byte, as a real server stores strings
+    /// with invalid UTF-8 as given.
+    pub fn replace_raw(
+        &mut self,
+        db: &str,
+        coll: &str,
+        pre: &Document,
+        post: &Document,
+        raw: RawDocumentBuf,
+    ) -> CmdResult<()> {
+        self.replace_inner(db, coll, pre, post, None, Some(raw))
+    }
+
+    fn replace_inner(
+        &mut self,
+        db: &str,
+        coll: &str,
+        pre: &Document,
+        post: &Document,
+        o: Option<Document>,
+        raw_post: Option<RawDocumentBuf>,
+    ) -> CmdResult<()> {
         let ns = format!("{db}.{coll}");
+        let id = post.get("_id").cloned().unwrap_or(Bson::Null);
+        if !self.txn_locks.is_empty() {
+            self.check_txn_lock(db, coll, &id)?;
+        }
         let Some(c) = self.coll_mut(db, coll) else {
             return Err(CommandError::ns_not_found("ns not found"));
         };
-        let id = post.get("_id").cloned().unwrap_or(Bson::Null);
         let key = OrdBson(id.clone());
         let mut changes = Vec::new();
         for (i, idx) in c.indexes.iter().enumerate() {
@@ -406,8 +629,20 @@ impl Store {
                 c.indexes[i].entries.insert(k, key.clone());
             }
         }
-        let raw =
-            RawDocumentBuf::try_from(post).map_err(|e| CommandError::new(22, e.to_string()))?;
+        let kept = match raw_post {
+            Some(raw) => Some(raw),
+            None => c
+                .docs
+                .get(&key)
+                .and_then(|old| keep_invalid_strings(old, post)),
+        };
+        let raw = match kept {
+            Some(raw) => raw,
+            None => {
+                RawDocumentBuf::try_from(post).map_err(|e| CommandError::new(22, e.to_string()))?
+            }
+        };
+        let logged_raw = if o.is_none() { Some(raw.clone()) } else { None };
         let size = raw.as_bytes().len();
         if size > crate::wire::MAX_BSON_OBJECT_SIZE {
             return Err(CommandError::new(
@@ -426,7 +661,11 @@ impl Store {
                 w.str("op", "u");
                 w.str("ns", &ns);
                 w.value("ui", &Bson::from(ui));
-                w.value("o", &Bson::Document(o));
+                match (&o, &logged_raw) {
+                    (Some(o), _) => w.value("o", &Bson::Document(o.clone())),
+                    (None, Some(raw)) => w.doc_bytes("o", raw.as_bytes()),
+                    (None, None) => w.value("o", &Bson::Document(Document::new())),
+                }
                 w.value("o2", &Bson::Document(doc! {"_id": id}));
             },
             ts,
@@ -437,6 +676,9 @@ impl Store {
     /// Deletes the document with `_id` `id`; logs `d`.
     pub fn delete(&mut self, db: &str, coll: &str, id: &Bson) -> CmdResult<bool> {
         let ns = format!("{db}.{coll}");
+        if !self.txn_locks.is_empty() && self.coll(db, coll).is_some() {
+            self.check_txn_lock(db, coll, id)?;
+        }
         let Some(c) = self.coll_mut(db, coll) else {
             return Ok(false);
         };
@@ -444,9 +686,12 @@ impl Store {
         let Some(old) = c.docs.remove(&key) else {
             return Ok(false);
         };
+        if let Some(n) = c.natural.as_mut() {
+            n.remove(&key);
+        }
         c.data_bytes -= old.as_bytes().len();
         if c.indexes.iter().any(|i| i.unique && !i.is_id()) {
-            if let Ok(d) = Document::try_from(old.as_ref().as_ref()) {
+            if let Ok(d) = crate::commands::query::decode(&old) {
                 for idx in c.indexes.iter_mut() {
                     if idx.unique && !idx.is_id() {
                         if let Some(k) = idx.key_of(&d) {
@@ -472,6 +717,9 @@ impl Store {
 
     /// Drops a collection; logs `drop` with `o2.numRecords`. `false` when missing.
     pub fn drop_collection(&mut self, db: &str, coll: &str) -> bool {
+        if self.coll(db, coll).is_some_and(|c| c.is_view()) && db != "local" {
+            return self.drop_view(db, coll);
+        }
         let Some(c) = self.dbs.get_mut(db).and_then(|d| d.remove(coll)) else {
             return false;
         };
@@ -486,10 +734,16 @@ impl Store {
 
     /// Drops a database: one `drop` per collection, then `dropDatabase`.
     pub fn drop_database(&mut self, db: &str) {
+        // Views are no collections: they go with `system.views`.
         let names: Vec<String> = self
             .dbs
             .get(db)
-            .map(|d| d.keys().cloned().collect())
+            .map(|d| {
+                d.iter()
+                    .filter(|(_, c)| !c.is_view())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         for n in &names {
             self.drop_collection(db, n);
@@ -503,17 +757,32 @@ impl Store {
         let (fdb, fcoll) = split_ns(from)?;
         let (tdb, tcoll) = split_ns(to)?;
         check_coll_name(tdb, tcoll)?;
-        if self.coll(fdb, fcoll).is_none() {
-            return Err(CommandError::ns_not_found(
-                "Source collection does not exist",
-            ));
+        match self.coll(fdb, fcoll) {
+            None => {
+                return Err(CommandError::ns_not_found(
+                    "Source collection does not exist",
+                ))
+            }
+            Some(c) if c.is_view() => {
+                return Err(CommandError::new(
+                    166,
+                    format!("cannot rename view: {from}"),
+                ))
+            }
+            Some(_) => {}
+        }
+        // Across databases: temp collection, copy, rename, drop (store/ddl.rs).
+        if fdb != tdb {
+            return self.rename_across_dbs(fdb, fcoll, tdb, tcoll, drop_target);
         }
         let mut target_uuid = None;
+        let mut target_records = 0;
         if let Some(t) = self.coll(tdb, tcoll) {
             if !drop_target {
                 return Err(CommandError::new(48, "target namespace exists"));
             }
             target_uuid = Some(t.uuid);
+            target_records = i32::try_from(t.docs.len()).unwrap_or(i32::MAX);
             if let Some(d) = self.dbs.get_mut(tdb) {
                 d.remove(tcoll);
             }
@@ -531,11 +800,15 @@ impl Store {
             .entry(tdb.to_string())
             .or_default()
             .insert(tcoll.to_string(), c);
+        // OpObserverImpl::preRenameCollection (src/mongo/db/op_observer/op_observer_impl.cpp):
+        // `dropTarget: <uuid>` and `o2: {numRecords}` of the replaced target.
         let mut o = doc! {"renameCollection": from, "to": to, "stayTemp": false};
+        let mut o2 = None;
         if let Some(t) = target_uuid {
             o.insert("dropTarget", Bson::from(t));
+            o2 = Some(doc! {"numRecords": target_records});
         }
-        self.log_command(fdb, Some(ui), o, None);
+        self.log_command(fdb, Some(ui), o, o2);
         Ok(())
     }
 
@@ -624,6 +897,10 @@ impl Store {
 
     /// Drops indexes by name (`"*"` = all but `_id_`) or key pattern.
     pub fn drop_indexes(&mut self, db: &str, coll: &str, which: &Bson) -> CmdResult<i32> {
+        // Indexes still building are aborted, not dropped (store/ddl.rs).
+        if let Some(was) = self.abort_builds_for_drop(db, coll, which) {
+            return Ok(was);
+        }
         let Some(c) = self.coll_mut(db, coll) else {
             return Err(CommandError::ns_not_found(format!(
                 "ns not found {db}.{coll}"
@@ -684,11 +961,20 @@ impl Store {
 
     /// Applies `collMod` options (validator, validationLevel/Action, index TTL/hidden).
     pub fn coll_mod(&mut self, db: &str, coll: &str, cmd: &Document) -> CmdResult<Document> {
+        if self.coll(db, coll).is_some_and(|c| c.is_view()) {
+            return self.modify_view(db, coll, cmd);
+        }
+        let ns = format!("{db}.{coll}");
         let Some(c) = self.coll_mut(db, coll) else {
             return Err(CommandError::ns_not_found("ns does not exist"));
         };
         let mut o = doc! {"collMod": coll};
-        let mut old_opts = Document::new();
+        // `o2.collectionOptions_old` is the whole `CollectionOptions::toBSON()` before the
+        // change, `uuid` first; `o2.indexOptions_old` the old values of the changed index
+        // options (OpObserverImpl::onCollMod, src/mongo/db/op_observer/op_observer_impl.cpp).
+        let mut old_opts = doc! {"uuid": c.uuid};
+        old_opts.extend(c.options.clone());
+        let mut index_old = None;
         let mut reply = Document::new();
         for (k, v) in cmd {
             match k.as_str() {
@@ -711,25 +997,12 @@ impl Store {
                     let Bson::Document(spec) = v else {
                         return Err(CommandError::type_mismatch("index must be a document"));
                     };
-                    let idx = c
-                        .indexes
-                        .iter_mut()
-                        .find(|i| {
-                            spec.get_str("name").is_ok_and(|n| n == i.name)
-                                || spec.get_document("keyPattern").is_ok_and(|kp| kp == &i.key)
-                        })
-                        .ok_or_else(|| CommandError::new(27, "cannot find index"))?;
-                    for (ik, iv) in spec {
-                        if ik == "name" || ik == "keyPattern" {
-                            continue;
-                        }
-                        if let Some(old) = idx.spec.get(ik) {
-                            reply.insert(format!("{ik}_old"), old.clone());
-                        }
-                        reply.insert(format!("{ik}_new"), iv.clone());
-                        idx.spec.insert(ik.clone(), iv.clone());
+                    let (oplog_index, old, fields) = Self::coll_mod_index(c, &ns, spec)?;
+                    if let Some(i) = oplog_index {
+                        o.insert("index", i);
                     }
-                    o.insert("index", v.clone());
+                    index_old = old;
+                    reply.extend(fields);
                 }
                 other => {
                     return Err(CommandError::new(
@@ -740,12 +1013,11 @@ impl Store {
             }
         }
         let ui = c.uuid;
-        self.log_command(
-            db,
-            Some(ui),
-            o,
-            Some(doc! {"collectionOptions_old": old_opts}),
-        );
+        let mut o2 = doc! {"collectionOptions_old": old_opts};
+        if let Some(i) = index_old {
+            o2.insert("indexOptions_old", i);
+        }
+        self.log_command(db, Some(ui), o, Some(o2));
         Ok(reply)
     }
 
@@ -796,6 +1068,36 @@ fn same_options(a: &Document, b: &Document) -> bool {
         o
     };
     strip(a) == strip(b)
+}
+
+/// When `old` has top-level strings with invalid UTF-8, encodes `post` keeping those
+/// elements byte for byte where the update left them unchanged (they decode lossily, so
+/// re-encoding them would replace the bytes); `None` when there is nothing to keep.
+fn keep_invalid_strings(old: &RawDocumentBuf, post: &Document) -> Option<RawDocumentBuf> {
+    let bytes = old.as_bytes();
+    let mut off = 4usize;
+    let mut invalid: Vec<(&str, &[u8], Bson)> = Vec::new();
+    for el in old.iter_elements() {
+        let el = el.ok()?;
+        let key = el.key().as_str();
+        let len = 2 + key.len() + el.size();
+        if el.element_type() == bson::spec::ElementType::String && el.value().is_err() {
+            let lossy = Bson::try_from(el.value_utf8_lossy().ok()?).ok()?;
+            invalid.push((key, bytes.get(off..off + len)?, lossy));
+        }
+        off += len;
+    }
+    if invalid.is_empty() {
+        return None;
+    }
+    let mut w = RawWriter::with_capacity(bytes.len() + 64);
+    for (k, v) in post {
+        match invalid.iter().find(|(ik, _, lossy)| ik == k && lossy == v) {
+            Some((_, element, _)) => w.raw_element(element),
+            None => w.value(k, v),
+        }
+    }
+    RawDocumentBuf::from_bytes(w.finish()).ok()
 }
 
 /// Lowercase hex of bytes.

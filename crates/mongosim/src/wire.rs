@@ -185,6 +185,46 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Decodes a command body. A body whose string values hold invalid UTF-8 (already validated
+/// structurally) decodes with U+FFFD in their place; documents sent in kind-1 sequences (how
+/// drivers send `insert`/`update`/`delete` payloads) stay raw and byte-exact.
+/// The body as a document, and, when it holds strings that are not valid UTF-8 (which a real server
+/// stores as given), its top-level arrays of documents kept raw (`updates`, `documents`, `deletes`...):
+/// `Cmd::take_docs` reads those before the lossy decoded body, so the bytes reach the store unchanged.
+#[allow(clippy::type_complexity)]
+fn decode_body(bytes: &[u8]) -> Result<(Document, Vec<(String, Vec<RawDocumentBuf>)>), WireError> {
+    match Document::from_reader(bytes) {
+        Ok(d) => Ok((d, Vec::new())),
+        Err(e) => {
+            let raw =
+                bson::RawDocument::from_bytes(bytes).map_err(|_| invalid_bson(&e.to_string()))?;
+            let lossy = bson::Utf8Lossy::<Document>::try_from(raw)
+                .map_err(|_| invalid_bson(&e.to_string()))?
+                .0;
+            let mut arrays = Vec::new();
+            for el in raw.iter_elements().flatten() {
+                if el.element_type() != bson::spec::ElementType::Array {
+                    continue;
+                }
+                let Ok(bson::RawBsonRef::Array(items)) = el.value() else {
+                    continue;
+                };
+                let docs: Option<Vec<RawDocumentBuf>> = items
+                    .into_iter()
+                    .map(|v| match v {
+                        Ok(bson::RawBsonRef::Document(d)) => Some(d.to_owned()),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(docs) = docs {
+                    arrays.push((el.key().as_str().to_string(), docs));
+                }
+            }
+            Ok((lossy, arrays))
+        }
+    }
+}
+
 fn invalid_bson(msg: &str) -> WireError {
     WireError::Reply(CommandError::new(22, format!("invalid BSON: {msg}")))
 }
@@ -242,8 +282,14 @@ fn parse_msg(payload: &[u8]) -> Result<MsgRequest, WireError> {
                         "Multiple body sections in message",
                     )));
                 }
-                body =
-                    Some(Document::from_reader(bytes).map_err(|e| invalid_bson(&e.to_string()))?);
+                let (mut doc, raw_arrays) = decode_body(bytes)?;
+                for (ident, docs) in raw_arrays {
+                    if !sequences.iter().any(|(i, _)| *i == ident) {
+                        doc.remove(&ident);
+                        sequences.push((ident, docs));
+                    }
+                }
+                body = Some(doc);
             }
             1 => {
                 let start = c.pos;

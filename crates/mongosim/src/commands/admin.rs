@@ -12,7 +12,6 @@ use bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document, Timestamp
 use super::{Cmd, ConnState, Reply};
 use crate::auth::{self, Mechanism};
 use crate::error::{CmdResult, CommandError};
-use crate::oplog::TERM;
 use crate::server::Shared;
 use crate::wire::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE};
 
@@ -23,18 +22,18 @@ fn bin(bytes: Vec<u8>) -> Bson {
     })
 }
 
-fn optime(ts: Timestamp) -> Document {
-    doc! {"ts": ts, "t": TERM}
+fn optime(ts: Timestamp, term: i64) -> Document {
+    doc! {"ts": ts, "t": term}
 }
 
 fn second_precision(ms: i64) -> DateTime {
     DateTime::from_millis(ms - ms.rem_euclid(1000))
 }
 
-fn election_id() -> bson::oid::ObjectId {
+fn election_id(term: i64) -> bson::oid::ObjectId {
     let mut b = [0u8; 12];
     b[..4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
-    b[4..].copy_from_slice(&TERM.to_be_bytes());
+    b[4..].copy_from_slice(&term.to_be_bytes());
     bson::oid::ObjectId::from_bytes(b)
 }
 
@@ -62,7 +61,8 @@ pub async fn hello(shared: &Arc<Shared>, conn: &mut ConnState, cmd: &Cmd) -> Cmd
             ))
         }
     }
-    let (ts, last_write_ms) = shared.with_store(|s| (s.optime(), s.last_write_ms));
+    let (ts, last_write_ms, term, majority) =
+        shared.with_store(|s| (s.optime(), s.last_write_ms, s.term, s.majority_point()));
     let legacy_name = cmd.name != "hello";
     let mut r = Document::new();
     if cmd.body.contains_key("helloOk") {
@@ -83,15 +83,16 @@ pub async fn hello(shared: &Arc<Shared>, conn: &mut ConnState, cmd: &Cmd) -> Cmd
             r.insert("secondary", false);
             r.insert("primary", shared.host.clone());
             r.insert("me", shared.host.clone());
-            r.insert("electionId", election_id());
+            r.insert("electionId", election_id(term));
             let date = second_precision(last_write_ms);
+            let (mts, mterm, mwall) = majority;
             r.insert(
                 "lastWrite",
                 doc! {
-                    "opTime": optime(ts),
+                    "opTime": optime(ts, term),
                     "lastWriteDate": date,
-                    "majorityOpTime": optime(ts),
-                    "majorityWriteDate": date,
+                    "majorityOpTime": optime(mts, mterm),
+                    "majorityWriteDate": second_precision(mwall),
                 },
             );
         }
@@ -277,7 +278,7 @@ pub fn server_status(shared: &Shared, _cmd: &Cmd) -> Reply {
         "mem": {"bits": 64i32, "resident": 64i32, "virtual": 1024i32},
     };
     if let Some(set) = &shared.config.replset {
-        let ts = shared.with_store(|s| s.optime());
+        let (ts, term) = shared.with_store(|s| (s.optime(), s.term));
         r.insert(
             "repl",
             doc! {
@@ -289,8 +290,8 @@ pub fn server_status(shared: &Shared, _cmd: &Cmd) -> Reply {
                 "secondary": false,
                 "primary": shared.host.clone(),
                 "me": shared.host.clone(),
-                "electionId": election_id(),
-                "lastWrite": {"opTime": optime(ts)},
+                "electionId": election_id(term),
+                "lastWrite": {"opTime": optime(ts, term)},
             },
         );
         if let Some((first, _, last, _)) = oplog_times(shared) {
@@ -309,14 +310,16 @@ pub fn repl_set_get_status(shared: &Shared) -> CmdResult<Reply> {
     let Some(set) = &shared.config.replset else {
         return Err(CommandError::new(76, "not running with --replSet"));
     };
-    let (ts, wall) = shared.with_store(|s| (s.optime(), s.last_write_ms));
+    let (ts, wall, term, (mts, mterm, mwall)) =
+        shared.with_store(|s| (s.optime(), s.last_write_ms, s.term, s.majority_point()));
     let wall_date = DateTime::from_millis(wall);
+    let majority_date = DateTime::from_millis(mwall);
     let uptime = shared.started.elapsed().as_secs() as i32;
     let mut r = doc! {
         "set": set.clone(),
         "date": DateTime::now(),
         "myState": 1i32,
-        "term": TERM,
+        "term": term,
         "syncSourceHost": "",
         "syncSourceId": -1i32,
         "heartbeatIntervalMillis": 2000i64,
@@ -325,11 +328,11 @@ pub fn repl_set_get_status(shared: &Shared) -> CmdResult<Reply> {
         "votingMembersCount": 1i32,
         "writableVotingMembersCount": 1i32,
         "optimes": {
-            "lastCommittedOpTime": optime(ts),
-            "lastCommittedWallTime": wall_date,
-            "readConcernMajorityOpTime": optime(ts),
-            "appliedOpTime": optime(ts),
-            "durableOpTime": optime(ts),
+            "lastCommittedOpTime": optime(mts, mterm),
+            "lastCommittedWallTime": majority_date,
+            "readConcernMajorityOpTime": optime(mts, mterm),
+            "appliedOpTime": optime(ts, term),
+            "durableOpTime": optime(ts, term),
             "lastAppliedWallTime": wall_date,
             "lastDurableWallTime": wall_date,
         },
@@ -340,7 +343,7 @@ pub fn repl_set_get_status(shared: &Shared) -> CmdResult<Reply> {
             "state": 1i32,
             "stateStr": "PRIMARY",
             "uptime": uptime,
-            "optime": optime(ts),
+            "optime": optime(ts, term),
             "optimeDate": second_precision(wall),
             "lastAppliedWallTime": wall_date,
             "lastDurableWallTime": wall_date,
@@ -349,7 +352,7 @@ pub fn repl_set_get_status(shared: &Shared) -> CmdResult<Reply> {
             "infoMessage": "",
             "electionTime": Timestamp { time: ts.time, increment: 1 },
             "configVersion": 1i32,
-            "configTerm": TERM,
+            "configTerm": term,
             "self": true,
             "lastHeartbeatMessage": "",
         }],
@@ -367,6 +370,16 @@ pub fn repl_set_get_status(shared: &Shared) -> CmdResult<Reply> {
     }
     r.insert("ok", 1.0);
     Ok(Reply::Doc(r))
+}
+
+/// `replSetGetRBID`: `{rbid, ok: 1}` (mongodb/mongo `src/mongo/db/repl/repl_set_commands.cpp`,
+/// CmdReplSetGetRBID); the id goes up at each simulated rollback.
+pub fn repl_set_get_rbid(shared: &Shared) -> CmdResult<Reply> {
+    if shared.config.replset.is_none() {
+        return Err(CommandError::new(76, "not running with --replSet"));
+    }
+    let rbid = shared.with_store(|s| s.rbid);
+    Ok(Reply::Doc(doc! {"rbid": rbid, "ok": 1.0}))
 }
 
 /// `getParameter` (featureCompatibilityVersion and a few common parameters).
@@ -436,9 +449,24 @@ pub fn configure_fail_point(shared: &Shared, cmd: &Cmd) -> CmdResult<Reply> {
             "no such command: 'configureFailPoint'",
         ));
     }
-    if cmd.first_value().and_then(|v| v.as_str()) != Some("failCommand") {
+    let name = cmd.first_value().and_then(|v| v.as_str()).unwrap_or("");
+    if super::ddl::INDEX_BUILD_FAIL_POINTS.contains(&name) {
+        // Index build fail points: on (`alwaysOn`, `{times: n}` with n > 0) or off.
+        let on = match cmd.body.get("mode") {
+            Some(Bson::String(s)) if s == "off" => false,
+            Some(Bson::String(s)) if s == "alwaysOn" => true,
+            Some(Bson::Document(d)) => d
+                .get("times")
+                .and_then(crate::value::as_i64)
+                .is_some_and(|t| t > 0),
+            _ => return Err(CommandError::bad_value("invalid fail point mode")),
+        };
+        shared.faults.set_fail_point(name, on);
+        return Ok(Reply::Doc(doc! {"count": 0i32, "ok": 1.0}));
+    }
+    if name != "failCommand" {
         return Err(CommandError::bad_value(
-            "mongosim only supports the failCommand fail point",
+            "mongosim only supports the failCommand and index build fail points",
         ));
     }
     let faults = &shared.faults;

@@ -213,8 +213,12 @@ pub fn aggregate(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult
         if let Ok(spec) = first.get_document("$collStats") {
             let coll = coll.clone().unwrap_or_default();
             let mut out = doc! {"ns": ns.clone(), "host": shared.host.clone(), "localTime": bson::DateTime::now()};
-            let stats =
-                shared.with_store(|s| super::ddl::storage_stats(&ns, s.coll(&cmd.db, &coll), 1));
+            let stats = shared.with_store(|s| match s.oplog.as_ref() {
+                Some(o) if cmd.db == "local" && coll == "oplog.rs" => {
+                    super::ddl::oplog_storage_stats(&ns, o, 1)
+                }
+                _ => super::ddl::storage_stats(&ns, s.coll(&cmd.db, &coll), 1),
+            });
             if spec.contains_key("storageStats") {
                 out.insert("storageStats", stats.clone());
             }

@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use bson::{doc, oid::ObjectId, Bson, Document, RawDocumentBuf};
+use bson::{doc, oid::ObjectId, Bson, Document, RawDocument, RawDocumentBuf};
 
 use super::query::{decode, project, select};
 use super::{Cmd, Reply};
 use crate::diff;
 use crate::error::{CmdResult, CommandError};
+use crate::rawbuf::RawWriter;
 use crate::server::Shared;
 use crate::store::Store;
 use crate::update::{self, UpdateSpec};
@@ -120,6 +121,25 @@ fn id_first(d: Document) -> Document {
     out
 }
 
+/// A replacement's raw bytes with `_id` first: `id_elem` (the stored document's, or the upsert's) then
+/// every other element of `u` as sent, so strings that are not valid UTF-8 are kept as given.
+fn raw_replacement(u: &RawDocument, id: &Bson) -> Option<RawDocumentBuf> {
+    let bytes = u.as_bytes();
+    let mut w = RawWriter::with_capacity(bytes.len() + 32);
+    w.value("_id", id);
+    let mut off = 4usize;
+    for el in u.iter_elements() {
+        let el = el.ok()?;
+        let key = el.key().as_str();
+        let len = 2 + key.len() + el.size();
+        if key != "_id" {
+            w.raw_element(bytes.get(off..off + len)?);
+        }
+        off += len;
+    }
+    RawDocumentBuf::from_bytes(w.finish()).ok()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_update(
     s: &mut Store,
@@ -130,6 +150,7 @@ fn run_update(
     multi: bool,
     upsert: bool,
     sort: Option<&Document>,
+    raw_u: Option<&RawDocument>,
 ) -> CmdResult<UpdateOutcome> {
     if multi && matches!(spec, UpdateSpec::Replacement(_)) {
         return Err(CommandError::failed_to_parse(
@@ -149,9 +170,24 @@ fn run_update(
     for raw in targets {
         let pre = decode(&raw)?;
         let post = update::apply(&pre, spec, false)?;
-        if let Some(o) = oplog_form(spec, &pre, &post) {
-            s.replace(db, coll, &pre, &post, o)?;
-            out.modified += 1;
+        let exact = match (spec, raw_u) {
+            (UpdateSpec::Replacement(_), Some(u)) => {
+                post.get("_id").and_then(|id| raw_replacement(u, id))
+            }
+            _ => None,
+        };
+        match exact {
+            Some(new_raw) if new_raw.as_bytes() != raw.as_bytes() => {
+                s.replace_raw(db, coll, &pre, &post, new_raw)?;
+                out.modified += 1;
+            }
+            Some(_) => {}
+            None => {
+                if let Some(o) = oplog_form(spec, &pre, &post) {
+                    s.replace(db, coll, &pre, &post, o)?;
+                    out.modified += 1;
+                }
+            }
         }
         out.images = Some((Some(pre), post));
     }
@@ -173,8 +209,16 @@ fn run_update(
         };
         let doc = id_first(seed);
         let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
-        let raw =
-            RawDocumentBuf::try_from(&doc).map_err(|e| CommandError::new(22, e.to_string()))?;
+        let exact = match (spec, raw_u) {
+            (UpdateSpec::Replacement(_), Some(u)) => raw_replacement(u, &id),
+            _ => None,
+        };
+        let raw = match exact {
+            Some(raw) => raw,
+            None => {
+                RawDocumentBuf::try_from(&doc).map_err(|e| CommandError::new(22, e.to_string()))?
+            }
+        };
         s.insert(db, coll, raw)?;
         out.upserted = Some(id);
         out.images = Some((None, doc));
@@ -206,7 +250,8 @@ pub fn update(shared: &Arc<Shared>, cmd: &mut Cmd) -> CmdResult<Reply> {
                 let spec = UpdateSpec::parse(u)?;
                 let multi = crate::value::truthy(st.get("multi"));
                 let upsert = crate::value::truthy(st.get("upsert"));
-                run_update(s, &cmd.db, &coll, &q, &spec, multi, upsert, None)
+                let raw_u = raw.get_document("u").ok();
+                run_update(s, &cmd.db, &coll, &q, &spec, multi, upsert, None, raw_u)
             })();
             match r {
                 Ok(o) => {
@@ -316,7 +361,7 @@ pub fn find_and_modify(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
             .get("update")
             .ok_or_else(|| CommandError::new(9, "Either an update or remove=true must be specified"))?;
         let spec = UpdateSpec::parse(u)?;
-        let o = run_update(s, &cmd.db, &coll, &q, &spec, false, upsert, sort.as_ref())?;
+        let o = run_update(s, &cmd.db, &coll, &q, &spec, false, upsert, sort.as_ref(), None)?;
         let mut le = doc! {"n": (o.matched + usize::from(o.upserted.is_some())) as i32, "updatedExisting": o.matched > 0};
         if let Some(id) = &o.upserted {
             le.insert("upserted", id.clone());

@@ -28,6 +28,8 @@ pub enum Source {
         filter: Document,
         /// Whether getMore waits for new entries.
         await_data: bool,
+        /// `readConcern: majority`: entries after the majority commit point stay hidden.
+        majority: bool,
     },
 }
 
@@ -78,6 +80,11 @@ impl Cursors {
     /// Puts a cursor back under its id.
     pub fn put(&mut self, id: i64, c: Cursor) {
         self.map.insert(id, (c, Instant::now()));
+    }
+
+    /// Closes every cursor (a rollback).
+    pub fn clear(&mut self) {
+        self.map.clear();
     }
 
     /// Removes a cursor; `true` when it existed.

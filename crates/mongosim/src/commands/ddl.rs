@@ -100,10 +100,25 @@ pub fn list_collections(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
         let mut out = Vec::new();
         if let Some(colls) = s.dbs.get(&cmd.db) {
             for (name, c) in colls {
+                // A time-series collection is listed as type "timeseries" with its
+                // `timeseries` options and `info: {readOnly: false}`; its buckets collection
+                // and `system.views` are listed as collections.
+                if c.is_view() && c.options.contains_key("timeseries") {
+                    let mut options = Document::new();
+                    for k in ["timeseries", "expireAfterSeconds", "collation"] {
+                        if let Some(v) = c.options.get(k) {
+                            options.insert(k, v.clone());
+                        }
+                    }
+                    out.push(doc! {"name": name.clone(), "type": "timeseries", "options": options, "info": {"readOnly": false}});
+                    continue;
+                }
                 let kind = if c.is_view() { "view" } else { "collection" };
                 let mut e = doc! {"name": name.clone(), "type": kind, "options": c.options.clone()};
                 if c.is_view() {
                     e.insert("info", doc! {"readOnly": true});
+                } else if c.options.contains_key("clusteredIndex") {
+                    e.insert("info", doc! {"readOnly": false, "uuid": c.uuid});
                 } else {
                     e.insert("info", doc! {"readOnly": false, "uuid": c.uuid});
                     e.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
@@ -134,11 +149,46 @@ pub fn list_collections(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
 }
 
 /// `listIndexes`.
+///
+/// In-progress index builds are listed like ready indexes by default; `includeBuildUUIDs:
+/// true` turns each in-progress one into `{spec, buildUUID}`, `includeIndexBuildInfo: true`
+/// turns every entry into `{spec}` and in-progress ones into `{spec, indexBuildInfo:
+/// {buildUUID, ...}}` (src/mongo/db/catalog/list_indexes.cpp, `listIndexesInLock`;
+/// src/mongo/db/commands/list_indexes.cpp).
 pub fn list_indexes(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
     let coll = cmd.collection()?;
+    let with_uuids = cmd.flag("includeBuildUUIDs");
+    let with_info = cmd.flag("includeIndexBuildInfo");
+    if with_uuids && with_info {
+        return Err(CommandError::new(
+            72,
+            "The includeBuildUUIDs flag and includeIndexBuildInfo flag cannot both be set to true",
+        ));
+    }
     let specs = shared.with_store(|s| {
-        s.coll(&cmd.db, &coll)
-            .map(|c| c.indexes.iter().map(|i| i.spec.clone()).collect::<Vec<_>>())
+        s.coll(&cmd.db, &coll).map(|c| {
+            let mut out: Vec<Document> = c
+                .indexes
+                .iter()
+                .map(|i| {
+                    if with_info {
+                        doc! {"spec": i.spec.clone()}
+                    } else {
+                        i.spec.clone()
+                    }
+                })
+                .collect();
+            for (spec, uuid) in s.building_indexes(&cmd.db, &coll) {
+                out.push(if with_uuids {
+                    doc! {"spec": spec, "buildUUID": uuid}
+                } else if with_info {
+                    doc! {"spec": spec, "indexBuildInfo": {"buildUUID": uuid}}
+                } else {
+                    spec
+                });
+            }
+            out
+        })
     });
     let Some(specs) = specs else {
         return Err(CommandError::ns_not_found(format!(
@@ -291,8 +341,40 @@ pub fn rename(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
     Ok(Reply::Doc(doc! {"ok": 1.0}))
 }
 
-/// `createIndexes`.
-pub fn create_indexes(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
+/// The fail points that hold a two-phase index build after `startIndexBuild`
+/// (src/mongo/db/index_builds_coordinator.cpp).
+pub const INDEX_BUILD_FAIL_POINTS: [&str; 3] = [
+    "hangAfterStartingIndexBuild",
+    "hangAfterSettingUpIndexBuild",
+    "hangIndexBuildBeforeCommit",
+];
+
+/// Waits while an index build fail point is on and the build was not aborted; then commits
+/// (or returns the abort error).
+async fn finish_index_build(shared: &Arc<Shared>, uuid: bson::Uuid) -> CmdResult<i32> {
+    loop {
+        let mut fp = shared.faults.fail_points_changed();
+        let mut builds = shared.with_store(|s| s.index_builds().subscribe());
+        let aborted = shared.with_store(|s| s.index_build_aborted(uuid));
+        let held = INDEX_BUILD_FAIL_POINTS
+            .iter()
+            .any(|n| shared.faults.fail_point(n));
+        if aborted.is_some() || !held {
+            break;
+        }
+        tokio::select! {
+            _ = fp.changed() => {}
+            _ = builds.changed() => {}
+            _ = shared.cancel.cancelled() => {
+                return Err(CommandError::new(11600, "interrupted at shutdown"));
+            }
+        }
+    }
+    shared.with_store(|s| s.commit_index_build(uuid))
+}
+
+/// `createIndexes`: at once on an empty collection, as a two-phase build otherwise.
+pub async fn create_indexes(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
     let coll = cmd.collection()?;
     let specs: Vec<Document> = cmd
         .body
@@ -321,8 +403,14 @@ pub fn create_indexes(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
             "Must specify at least one index to create",
         ));
     }
-    let (before, after, created, noop) =
-        shared.with_store(|s| s.create_indexes(&cmd.db, &coll, specs))?;
+    let started = shared.with_store(|s| s.start_index_build(&cmd.db, &coll, specs))?;
+    let (before, after, created, noop) = match started {
+        crate::store::IndexBuildStart::Done(b, a, c, n) => (b, a, c, n),
+        crate::store::IndexBuildStart::Started { uuid, before } => {
+            let after = finish_index_build(shared, uuid).await?;
+            (before, after, false, false)
+        }
+    };
     let mut r = doc! {
         "numIndexesBefore": before,
         "numIndexesAfter": after,
@@ -398,6 +486,15 @@ pub fn storage_stats(ns: &str, c: Option<&Collection>, scale: i64) -> Document {
     d
 }
 
+/// Storage statistics of `local.oplog.rs` (`collStats`, `$collStats.storageStats`): like a real server's for a
+/// capped collection, `capped: true`, `max` and `maxSize` (the configured cap) next to `size` and `count`.
+pub fn oplog_storage_stats(ns: &str, o: &crate::oplog::Oplog, scale: i64) -> Document {
+    let scale = scale.max(1);
+    let n = o.len() as i64;
+    let b = o.bytes() as i64;
+    doc! {"ns": ns, "size": b / scale, "count": n, "avgObjSize": if n > 0 { b / n } else { 0 }, "storageSize": b / scale, "capped": true, "max": -1i64, "maxSize": o.cap_bytes() as i64 / scale, "nindexes": 0i32, "totalIndexSize": 0i64, "indexSizes": {}, "scaleFactor": scale as i32}
+}
+
 /// `collStats`.
 pub fn coll_stats(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
     let coll = cmd.collection()?;
@@ -406,12 +503,11 @@ pub fn coll_stats(shared: &Arc<Shared>, cmd: &Cmd) -> CmdResult<Reply> {
     let d = shared.with_store(|s| {
         if cmd.db == "local" && coll == "oplog.rs" {
             if let Some(o) = s.oplog.as_ref() {
-                let n = o.len() as i64;
-                let b = o.bytes() as i64;
-                return Some(doc! {"ns": ns.clone(), "size": b, "count": n, "avgObjSize": if n > 0 { b / n } else { 0 }, "storageSize": b, "capped": true, "max": -1i64, "maxSize": o.cap_bytes() as i64, "nindexes": 0i32, "totalIndexSize": 0i64, "indexSizes": {}, "scaleFactor": 1i32});
+                return Some(oplog_storage_stats(&ns, o, scale));
             }
         }
-        s.coll(&cmd.db, &coll).map(|c| storage_stats(&ns, Some(c), scale))
+        s.coll(&cmd.db, &coll)
+            .map(|c| storage_stats(&ns, Some(c), scale))
     });
     match d {
         Some(mut d) => {

@@ -213,7 +213,11 @@ pub async fn dispatch(
     };
     shared.count_op(5);
     check_access(shared, conn, &cmd)?;
-    match cmd.name.as_str() {
+    if cmd.name == "endSessions" {
+        crate::txn::end_sessions(shared, &cmd);
+    }
+    let txn = crate::txn::begin_command(shared, conn, &cmd)?;
+    let result = match cmd.name.as_str() {
         "hello" | "isMaster" | "ismaster" => admin::hello(shared, conn, &cmd).await,
         "ping" => Ok(Reply::Doc(Document::new())),
         "buildInfo" | "buildinfo" => Ok(admin::build_info(shared)),
@@ -240,7 +244,7 @@ pub async fn dispatch(
         "drop" => ddl::drop(shared, &cmd),
         "dropDatabase" => ddl::drop_database(shared, &cmd),
         "renameCollection" => ddl::rename(shared, &cmd),
-        "createIndexes" => ddl::create_indexes(shared, &cmd),
+        "createIndexes" => ddl::create_indexes(shared, &cmd).await,
         "dropIndexes" | "deleteIndexes" => ddl::drop_indexes(shared, &cmd),
         "collMod" => ddl::coll_mod(shared, &cmd),
         "collStats" => ddl::coll_stats(shared, &cmd),
@@ -258,7 +262,14 @@ pub async fn dispatch(
         "splitVector" => query::split_vector(shared, &cmd),
         "aggregate" => agg::aggregate(shared, conn, &cmd),
         "applyOps" => crud::apply_ops(shared, &cmd),
+        "commitTransaction" => crate::txn::commit(shared, &cmd),
+        "abortTransaction" => crate::txn::abort(shared, &cmd),
+        "replSetGetRBID" => admin::repl_set_get_rbid(shared),
         other => Err(CommandError::new(59, format!("no such command: '{other}'"))),
+    };
+    match txn {
+        Some(running) => crate::txn::end_command(shared, running, result),
+        None => result,
     }
 }
 

@@ -24,8 +24,16 @@ use crate::store::{Collection, OrdBson, Store};
 use crate::value::{as_i64, compare, get_path};
 
 /// Decodes a stored document.
+///
+/// Strings with invalid UTF-8 (stored byte for byte, as a real server stores them) decode
+/// with U+FFFD in their place, for matching and updates; the stored bytes are unchanged.
 pub fn decode(raw: &RawDocumentBuf) -> CmdResult<Document> {
-    Document::try_from(raw.as_ref()).map_err(|e| CommandError::new(22, e.to_string()))
+    match Document::try_from(raw.as_ref()) {
+        Ok(d) => Ok(d),
+        Err(e) => bson::Utf8Lossy::<Document>::try_from(raw.as_ref())
+            .map(|d| d.0)
+            .map_err(|_| CommandError::new(22, e.to_string())),
+    }
 }
 
 fn id_bounds(filter: &Document) -> Option<(Bound<OrdBson>, Bound<OrdBson>)> {
@@ -124,6 +132,20 @@ pub fn select_in(
     limit: Option<usize>,
     range: Option<IdRange>,
 ) -> CmdResult<Selected> {
+    if let (Some(n), None) = (c.natural.as_ref(), &range) {
+        // A capped collection's `$natural` order (and its default order) is insertion order.
+        let dir = match sort {
+            None => Some(true),
+            Some(s) if s.is_empty() => Some(true),
+            Some(s) if s.len() == 1 && s.contains_key("$natural") => {
+                Some(s.get("$natural").and_then(as_i64).unwrap_or(1) >= 0)
+            }
+            _ => None,
+        };
+        if let Some(forward) = dir {
+            return select_capped(c, n, filter, forward, skip, limit);
+        }
+    }
     let natural = natural_direction(sort);
     let mut plan = if filter.is_empty() {
         IdPlan::all(true)
@@ -211,6 +233,41 @@ pub fn select_in(
         if let Some(l) = limit {
             out.truncate(l);
         }
+    }
+    Ok(Selected { docs: out })
+}
+
+/// Filter + skip + limit over a capped collection in insertion order.
+fn select_capped(
+    c: &Collection,
+    n: &crate::store::Natural,
+    filter: &Document,
+    forward: bool,
+    skip: usize,
+    limit: Option<usize>,
+) -> CmdResult<Selected> {
+    let ids: Box<dyn Iterator<Item = &OrdBson>> = if forward {
+        Box::new(n.ids())
+    } else {
+        Box::new(n.ids().rev())
+    };
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for id in ids {
+        let Some(raw) = c.docs.get(id) else {
+            continue;
+        };
+        if !filter.is_empty() && !filter::matches(&decode(raw)?, filter)? {
+            continue;
+        }
+        if skipped < skip {
+            skipped += 1;
+            continue;
+        }
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        out.push(raw.clone());
     }
     Ok(Selected { docs: out })
 }
@@ -330,15 +387,17 @@ fn oplog_batch(
     start_inclusive: bool,
     filter: &Document,
     max_docs: usize,
+    majority: bool,
 ) -> CmdResult<Vec<Arc<RawDocumentBuf>>> {
     let Some(oplog) = store.oplog.as_ref() else {
         return Ok(Vec::new());
     };
+    let bound = majority_bound(store, majority);
     let from = oplog.position_after(*last, start_inclusive);
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for e in oplog.iter_from(from) {
-        if out.len() >= max_docs || bytes >= super::cursor::BATCH_BYTES {
+        if out.len() >= max_docs || bytes >= super::cursor::BATCH_BYTES || ts_key(e.ts) > bound {
             break;
         }
         *last = ts_key(e.ts);
@@ -348,6 +407,25 @@ fn oplog_batch(
         }
     }
     Ok(out)
+}
+
+/// The newest oplog position a read may see: the majority commit point for
+/// `readConcern: {level: "majority"}` (entries share the visibility of the writes they
+/// record; change streams read the oplog this way), everything otherwise.
+fn majority_bound(store: &Store, majority: bool) -> u64 {
+    if majority {
+        ts_key(store.majority_point().0)
+    } else {
+        u64::MAX
+    }
+}
+
+fn read_concern_majority(cmd: &Cmd) -> bool {
+    cmd.body
+        .get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok())
+        .is_some_and(|l| l == "majority")
 }
 
 fn usize_arg(cmd: &Cmd, key: &str) -> CmdResult<Option<usize>> {
@@ -423,13 +501,20 @@ pub fn find(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult<Repl
     let first_max = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
     let range = min_max_range(cmd)?;
     let is_oplog = cmd.db == "local" && coll == "oplog.rs";
+    let majority = read_concern_majority(cmd);
+    // `hint: {$natural: ±1}` without a sort scans in natural order.
+    let sort = match (sort, cmd.doc_arg("hint").ok().flatten()) {
+        (None, Some(h)) if h.len() == 1 && h.contains_key("$natural") => Some(h),
+        (s, _) => s,
+    };
 
     if is_oplog && tailable {
         let start = oplog_start(&filter);
         let (last, inclusive) = start.unwrap_or((0, true));
         let mut last = last;
         let max = first_max.min(limit.unwrap_or(usize::MAX));
-        let docs = shared.with_store(|s| oplog_batch(s, &mut last, inclusive, &filter, max))?;
+        let docs =
+            shared.with_store(|s| oplog_batch(s, &mut last, inclusive, &filter, max, majority))?;
         // The position marks the last entry examined; an empty scan keeps the start point.
         let (pos, _) = if docs.is_empty() && inclusive && start.is_some() {
             (last.saturating_sub(1), ())
@@ -444,6 +529,7 @@ pub fn find(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult<Repl
                     last: pos,
                     filter: filter.clone(),
                     await_data,
+                    majority,
                 },
                 remaining: limit.map(|l| l.saturating_sub(docs.len())),
                 user: conn.user.clone(),
@@ -475,6 +561,7 @@ pub fn find(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult<Repl
             };
             let (from_key, inclusive) = oplog_start(&filter).unwrap_or((0, true));
             let from = oplog.position_after(from_key, inclusive);
+            let bound = majority_bound(s, majority);
             let reverse = matches!(natural_direction(sort.as_ref()), Some(false));
             let mut out = VecDeque::new();
             let entries: Box<dyn Iterator<Item = &crate::oplog::Entry>> = if reverse {
@@ -484,6 +571,12 @@ pub fn find(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdResult<Repl
             };
             let mut skipped = 0;
             for e in entries {
+                if ts_key(e.ts) > bound {
+                    if reverse {
+                        continue;
+                    }
+                    break;
+                }
                 if !filter.is_empty() && !filter::matches(&decode(&e.doc)?, &filter)? {
                     continue;
                 }
@@ -594,6 +687,7 @@ pub async fn get_more(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdR
             last,
             filter,
             await_data,
+            majority,
         } => loop {
             let step = shared.with_store(|s| -> CmdResult<_> {
                 let Some(oplog) = s.oplog.as_ref() else {
@@ -608,7 +702,7 @@ pub async fn get_more(shared: &Arc<Shared>, conn: &ConnState, cmd: &Cmd) -> CmdR
                     }
                 }
                 let rx = oplog.subscribe();
-                let batch = oplog_batch(s, last, false, filter, max_docs)?;
+                let batch = oplog_batch(s, last, false, filter, max_docs, *majority)?;
                 Ok((batch, Some(rx)))
             });
             let (batch, rx) = match step {

@@ -218,6 +218,25 @@ def unknown_command_is_59():
 
 
 @case
+def transaction_commits_as_one_apply_ops():
+    c = client()
+    c.app.txn.drop()
+    c.app.txn.insert_one({"_id": 0})
+    with c.start_session() as s:
+        with s.start_transaction():
+            c.app.txn.insert_one({"_id": 1}, session=s)
+            c.app.txn.update_one({"_id": 0}, {"$set": {"a": 1}}, session=s)
+            assert c.app.txn.find_one({"_id": 1}) is None
+    last = c.local["oplog.rs"].find().sort("$natural", -1).limit(1)[0]
+    assert last["op"] == "c" and last["ns"] == "admin.$cmd", last
+    assert last["txnNumber"] == 1 and last["lsid"]["id"] == s.session_id["id"]
+    assert last["prevOpTime"] == {"ts": bson.timestamp.Timestamp(0, 0), "t": -1}
+    assert list(last["o"].keys()) == ["applyOps"]
+    assert [op["op"] for op in last["o"]["applyOps"]] == ["i", "u"]
+    assert c.app.txn.count_documents({}) == 2
+
+
+@case
 def single_node_has_no_set_name_and_no_oplog():
     if SINGLE_URI is None:
         return
