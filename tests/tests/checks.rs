@@ -362,6 +362,10 @@ async fn an_oplog_window_shorter_than_the_copy_fails_and_no_agent_fails_agent_av
         message.contains("spool"),
         "mentions the agent's spool: {message}"
     );
+    assert!(
+        message.contains("oldest to newest entry; the oplog has rolled over"),
+        "the 1 MiB oplog has rolled over, so its window is its span: {message}"
+    );
 
     // A public-network task with no pool agent connected.
     let mut spec = world.spec(&["big"]);
@@ -374,6 +378,68 @@ async fn an_oplog_window_shorter_than_the_copy_fails_and_no_agent_fails_agent_av
         pb::CheckStatus::Fail,
         "{:#?}",
         task.checks
+    );
+    Ok(())
+}
+
+/// A brand-new source with a view as its first collection passes the checks with default settings.
+///
+/// The replica set was created a moment ago, so its oplog spans about a second, yet its 990 MiB hold far more than
+/// the copy of 32 MiB at the default 16 MiB/s: the window is estimated from the oplog's capacity and write rate. The
+/// view `shop.aaa_recent` sorts before `orders`; mongosim cannot evaluate views, so reading it would fail the checks
+/// (and on a real server would run its pipeline on the production source).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brand_new_source_with_a_view_as_its_first_collection_passes_the_checks_with_default_settings(
+) -> anyhow::Result<()> {
+    let world = World::start(990).await?;
+    let shop = world.source_client.database("shop");
+    shop.collection::<Document>("orders")
+        .insert_many((0..64).map(|i| doc! { "_id": i, "b": "x".repeat(512 * 1024) }))
+        .await?;
+    shop.run_command(doc! {
+        "create": "aaa_recent",
+        "viewOn": "orders",
+        "pipeline": [{ "$match": { "_id": { "$gte": 32 } } }],
+    })
+    .await?;
+    let task = run_checks(&world, world.spec(&[])).await?;
+    let items: Vec<String> = task
+        .checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={:?}: {}",
+                c.id,
+                pb::CheckStatus::try_from(c.status),
+                c.message
+            )
+        })
+        .collect();
+    assert_eq!(task.state, state(pb::TaskState::CheckPassed), "{items:#?}");
+    assert_eq!(task.checks.len(), 15, "{items:#?}");
+    for c in &task.checks {
+        assert_eq!(c.status, pb::CheckStatus::Pass as i32, "{items:#?}");
+    }
+    let message = |id: &str| {
+        task.checks
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    let privileges = message("source_privileges");
+    assert!(
+        privileges.contains("shop (2 collection(s), of which 1 view(s) not read)"),
+        "{privileges}"
+    );
+    let window = message("oplog_window");
+    assert!(
+        window.starts_with("oplog not yet full: ") && window.contains(" of 990.0 MiB used over "),
+        "{window}"
+    );
+    assert!(
+        window.contains("at the current write rate") && window.contains("at 16.0 MiB/s, default"),
+        "{window}"
     );
     Ok(())
 }

@@ -16,8 +16,14 @@ pub const MAX_SUPPORTED_VERSION: (u32, u32) = (8, 0);
 pub const OPLOG_MARGIN_FACTOR: f64 = 2.0;
 /// The databases that are never migrated.
 pub const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
-/// An oplog whose used size is below this fraction of its maximum has not rolled over yet.
-const OPLOG_FULL_FRACTION: f64 = 0.95;
+/// An oplog whose used size is below this fraction of its maximum has not rolled over yet. A real server
+/// truncates a full oplog one truncate marker at a time, and keeps at least 10 markers (`minOplogTruncateMarkers`),
+/// so a rolled-over oplog stays above 90 % of `maxSize`; a fresh one at 90 % or more is judged by its span, which
+/// is the conservative direction.
+const OPLOG_FULL_FRACTION: f64 = 0.9;
+/// The shortest history a write rate is measured over: with less, the rate is taken as everything written so
+/// far per this many seconds, the fastest rate consistent with what was observed (conservative).
+pub(crate) const MIN_RATE_SPAN_SECS: u64 = 1;
 
 /// The judgement of one item, before the runner stamps id, name and duration on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,33 +259,82 @@ pub(crate) struct OplogFacts {
     pub last_ts_secs: u32,
     /// Wall clock of the source now (seconds since the epoch), from the newest reply.
     pub now_secs: u64,
-    /// collStats `size` and `maxSize` of `local.oplog.rs`, where reported.
+    /// `size` and `maxSize` of `local.oplog.rs` (`collStats` or `$collStats` storageStats), where reported.
     pub used_bytes: Option<u64>,
     pub max_bytes: Option<u64>,
+    /// Why the size figures are missing, when they are.
+    pub stats_error: Option<String>,
+}
+
+/// The oplog window and the sentence that says how it was found.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct OplogWindow {
+    pub secs: f64,
+    /// E.g. `oplog window 2.1 h (oldest to newest entry; ...)` or `oplog not yet full: ... -> estimated window ...`.
+    pub text: String,
 }
 
 /// The oplog window in seconds and how it was derived.
-pub(crate) fn oplog_window_secs(facts: &OplogFacts) -> (f64, String) {
-    let span = f64::from(facts.last_ts_secs.saturating_sub(facts.first_ts_secs));
-    if let (Some(used), Some(max)) = (facts.used_bytes, facts.max_bytes) {
-        if used > 0 && max > 0 && (used as f64) < (max as f64) * OPLOG_FULL_FRACTION {
-            // Not rolled over yet: the oldest entry is still the first one ever written, so the window
-            // grows until the oplog fills at the current write rate.
-            let elapsed = facts
+///
+/// A rolled-over oplog (or one whose size is unknown) holds exactly its oldest to newest entry. One that has not
+/// rolled over yet (`size` below [`OPLOG_FULL_FRACTION`] of `maxSize`) still holds its first entry ever, so that
+/// span says nothing about its capacity: the window is estimated as `maxSize` divided by the write rate measured
+/// over the observed history (oldest entry to now, at least [`MIN_RATE_SPAN_SECS`]).
+pub(crate) fn oplog_window_secs(facts: &OplogFacts) -> OplogWindow {
+    let span_secs = u64::from(facts.last_ts_secs.saturating_sub(facts.first_ts_secs));
+    let span = span_secs as f64;
+    match (facts.used_bytes, facts.max_bytes) {
+        (Some(used), Some(max)) if max > 0 && (used as f64) < (max as f64) * OPLOG_FULL_FRACTION => {
+            // The source's clock may trail the newest entry's ts slightly: never observe less than the span.
+            let observed = facts
                 .now_secs
                 .saturating_sub(u64::from(facts.first_ts_secs))
-                .max(1) as f64;
-            let projected = elapsed.max(span) * max as f64 / used as f64;
-            let how = format!(
-                "projected: oplog not full yet ({} of {} used in {})",
+                .max(span_secs);
+            let short = observed < MIN_RATE_SPAN_SECS;
+            let observed = observed.max(MIN_RATE_SPAN_SECS) as f64;
+            // At least one byte: an oplog with entries has written something.
+            let rate = used.max(1) as f64 / observed;
+            let secs = max as f64 / rate;
+            let over = if short {
+                format!(
+                    "less than {0} (counted as {0}: the fastest rate consistent with it)",
+                    format_secs(observed)
+                )
+            } else {
+                format_secs(observed)
+            };
+            let text = format!(
+                "oplog not yet full: {} of {} used over {over} -> estimated window {} at the current write rate ({}/s)",
                 format_bytes(used),
                 format_bytes(max),
-                format_secs(elapsed)
+                format_secs(secs),
+                format_bytes(rate as u64),
             );
-            return (projected, how);
+            OplogWindow { secs, text }
+        }
+        (Some(used), Some(max)) if max > 0 => OplogWindow {
+            secs: span,
+            text: format!(
+                "oplog window {} (oldest to newest entry; the oplog has rolled over: {} of {} used)",
+                format_secs(span),
+                format_bytes(used),
+                format_bytes(max)
+            ),
+        },
+        _ => {
+            let why = facts
+                .stats_error
+                .as_deref()
+                .unwrap_or("collStats reports no size/maxSize");
+            OplogWindow {
+                secs: span,
+                text: format!(
+                    "oplog window {} (oldest to newest entry; whether the oplog has rolled over is unknown: {why})",
+                    format_secs(span)
+                ),
+            }
         }
     }
-    (span, "oldest to newest entry".to_string())
 }
 
 /// `oplog_window`: the window against the estimated copy time of `data_bytes` at `rate` bytes/s (`origin` says where
@@ -290,12 +345,11 @@ pub(crate) fn oplog_window(
     rate: u64,
     origin: &str,
 ) -> Verdict {
-    let (window, how) = oplog_window_secs(facts);
+    let OplogWindow { secs: window, text } = oplog_window_secs(facts);
     let rate = rate.max(1);
     let copy = data_bytes as f64 / rate as f64;
     let numbers = format!(
-        "oplog window {} ({how}) {} estimated copy time {} ({} at {}/s{})",
-        format_secs(window),
+        "{text} {} estimated copy time {} ({} at {}/s{})",
         if window < copy { "<" } else { ">=" },
         format_secs(copy),
         format_bytes(data_bytes),
@@ -701,6 +755,7 @@ mod tests {
             now_secs: 1_000_000 + u64::from(span),
             used_bytes: Some(1000),
             max_bytes: Some(1000),
+            stats_error: None,
         }
     }
 
@@ -733,18 +788,132 @@ mod tests {
         );
     }
 
-    #[test]
-    fn oplog_window_is_projected_while_the_oplog_is_not_full() {
-        let facts = OplogFacts {
+    /// An oplog started at second 1_000_000 whose newest entry is `span` s old at `now` (both from the start).
+    fn oplog(span: u32, now: u64, used: u64, max: u64) -> OplogFacts {
+        OplogFacts {
             first_ts_secs: 1_000_000,
-            last_ts_secs: 1_000_000,
-            now_secs: 1_000_000 + 3600,
-            used_bytes: Some(1 << 20),
-            max_bytes: Some(64 << 20),
-        };
-        let (window, how) = oplog_window_secs(&facts);
-        assert!((window - 64.0 * 3600.0).abs() < 1.0, "{window}");
-        assert!(how.contains("not full"));
+            last_ts_secs: 1_000_000 + span,
+            now_secs: 1_000_000 + now,
+            used_bytes: Some(used),
+            max_bytes: Some(max),
+            stats_error: None,
+        }
+    }
+
+    #[test]
+    fn a_fresh_oplog_is_estimated_from_its_capacity_and_write_rate() {
+        // 1 MiB written over an hour into a 64 MiB oplog: 64 h at that rate.
+        let w = oplog_window_secs(&oplog(0, 3600, 1 << 20, 64 << 20));
+        assert!((w.secs - 64.0 * 3600.0).abs() < 1.0, "{}", w.secs);
+        assert!(
+            w.text.contains(
+                "oplog not yet full: 1.0 MiB of 64.0 MiB used over 1.0 h -> estimated window 64.0 h at the current write rate (291 B/s)"
+            ),
+            "{}",
+            w.text
+        );
+    }
+
+    #[test]
+    fn a_fresh_oplog_with_no_history_takes_the_fastest_consistent_rate() {
+        // Everything in the same second as now: the rate is all of it per MIN_RATE_SPAN_SECS.
+        let w = oplog_window_secs(&oplog(0, 0, 2048, 990 << 20));
+        assert!(
+            (w.secs - (990u64 << 20) as f64 / 2048.0).abs() < 1.0,
+            "{}",
+            w.secs
+        );
+        assert!(
+            w.text
+                .contains("used over less than 1.0 s (counted as 1.0 s: the fastest rate"),
+            "{}",
+            w.text
+        );
+        // Nothing measurable at all still gives a finite window.
+        let w = oplog_window_secs(&oplog(0, 0, 0, 4096));
+        assert!((w.secs - 4096.0).abs() < 1e-6, "{}", w.secs);
+    }
+
+    #[test]
+    fn a_fresh_oplog_never_observes_less_than_its_span() {
+        // The source's clock trails its newest entry: the span (10 s) is the observed history.
+        let w = oplog_window_secs(&oplog(10, 5, 1000, 100_000));
+        assert!((w.secs - 1000.0).abs() < 1e-6, "{}", w.secs);
+        assert!(w.text.contains("used over 10 s"), "{}", w.text);
+    }
+
+    #[test]
+    fn a_rolled_over_oplog_is_its_oldest_to_newest_span() {
+        // 92 % used: a real server truncates whole markers (at most a tenth of maxSize), so this has rolled over.
+        let w = oplog_window_secs(&oplog(1440, 1500, 920, 1000));
+        assert!((w.secs - 1440.0).abs() < 1e-6, "{}", w.secs);
+        assert!(
+            w.text.starts_with(
+                "oplog window 0.4 h (oldest to newest entry; the oplog has rolled over"
+            ),
+            "{}",
+            w.text
+        );
+        // Just below the threshold it is still fresh.
+        let w = oplog_window_secs(&oplog(1440, 1440, 899, 1000));
+        assert!(w.text.starts_with("oplog not yet full"), "{}", w.text);
+    }
+
+    #[test]
+    fn an_oplog_of_unknown_size_is_its_span_and_says_why() {
+        let mut facts = oplog(30, 30, 0, 0);
+        facts.used_bytes = None;
+        facts.max_bytes = None;
+        facts.stats_error = Some("collStats: not authorized".into());
+        let w = oplog_window_secs(&facts);
+        assert!((w.secs - 30.0).abs() < 1e-6);
+        assert!(
+            w.text.contains("unknown: collStats: not authorized"),
+            "{}",
+            w.text
+        );
+        // A zero maxSize is no capacity to estimate from.
+        assert!(oplog_window_secs(&oplog(30, 30, 10, 0))
+            .text
+            .contains("unknown"));
+    }
+
+    #[test]
+    fn a_fresh_source_passes_where_its_span_alone_would_fail() {
+        // 1 GiB at 16 MiB/s = 64 s of copy; the oplog spans 1 s but has used 2 KiB of 990 MiB.
+        let fresh = oplog(1, 1, 2048, 990 << 20);
+        let v = oplog_window(&fresh, 1 << 30, 16 << 20, "default");
+        assert_eq!(v.status, CheckStatus::Pass, "{}", v.message);
+        assert!(
+            v.message.starts_with("oplog not yet full: 2.0 KiB of 990.0 MiB used over 1.0 s -> estimated window 140.8 h"),
+            "{}",
+            v.message
+        );
+        assert!(
+            v.message
+                .contains(">= estimated copy time 64 s (1.0 GiB at 16.0 MiB/s, default)"),
+            "{}",
+            v.message
+        );
+        // The same span in a full oplog is 1 s of window.
+        let full = oplog(1, 1, 990 << 20, 990 << 20);
+        assert_eq!(
+            oplog_window(&full, 1 << 30, 16 << 20, "default").status,
+            CheckStatus::Fail
+        );
+    }
+
+    #[test]
+    fn a_fresh_oplog_written_fast_still_fails() {
+        // 500 MiB in 30 s into 990 MiB: full in another ~29 s, far less than a 64 s copy.
+        let v = oplog_window(
+            &oplog(30, 30, 500 << 20, 990 << 20),
+            1 << 30,
+            16 << 20,
+            "measured",
+        );
+        assert_eq!(v.status, CheckStatus::Fail, "{}", v.message);
+        assert!(v.message.contains("oplog not yet full: 500.0 MiB of 990.0 MiB used over 30 s -> estimated window 59 s"), "{}", v.message);
     }
 
     #[test]

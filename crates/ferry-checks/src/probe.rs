@@ -1,5 +1,5 @@
 //! The measurements: TCP connects and documented MongoDB commands (hello, buildInfo, listDatabases,
-//! listCollections, find with limit 1, collStats, dbStats) through the official driver.
+//! listCollections, find with limit 1, collStats or `$collStats`, dbStats) through the official driver.
 //!
 //! Owns [`CheckError`] and the mapping of driver errors onto it. Must not judge (that is `evaluate`) and
 //! must not let a password into an error message: every driver message goes through [`redact`].
@@ -279,6 +279,21 @@ impl Mongo {
         Ok(names)
     }
 
+    /// Names of the real collections of `db` (`listCollections` filtered to `type: "collection"`), without
+    /// `system.*`: the ones a read may touch. A view is never read, as reading it runs its pipeline on the server.
+    pub async fn readable_collections(&self, db: &str) -> Result<Vec<String>, CheckError> {
+        let mut names = self
+            .client
+            .database(db)
+            .list_collection_names()
+            .filter(doc! { "type": "collection" })
+            .await
+            .map_err(|error| self.map(&error))?;
+        names.retain(|name| !name.starts_with("system."));
+        names.sort();
+        Ok(names)
+    }
+
     /// Reads at most one document of `db.coll` (proves read access; tells whether it is empty).
     pub async fn first_document(
         &self,
@@ -313,7 +328,7 @@ impl Mongo {
         Ok(Some(ts.time))
     }
 
-    /// Oldest and newest oplog entries plus the oplog's collStats; `None` when the oplog is empty.
+    /// Oldest and newest oplog entries plus the oplog's size figures; `None` when the oplog is empty.
     pub async fn oplog(&self) -> Result<Option<OplogFacts>, CheckError> {
         let (Some(first), Some(last)) = (self.oplog_edge(1).await?, self.oplog_edge(-1).await?)
         else {
@@ -323,23 +338,62 @@ impl Mongo {
             Ok((_, Some(now))) => now,
             _ => unix_now(),
         };
-        // collStats is optional: without it the window is the span between the edges.
-        let stats = self
-            .command("local", doc! { "collStats": "oplog.rs" })
-            .await
-            .ok();
-        let used_bytes = stats.as_ref().and_then(|s| s.get("size")).and_then(as_u64);
-        let max_bytes = stats
-            .as_ref()
-            .and_then(|s| s.get("maxSize"))
-            .and_then(as_u64);
+        // The size figures are optional: without them the window is the span between the edges.
+        let (used_bytes, max_bytes, stats_error) = match self.oplog_size().await {
+            Ok((used, max)) => (Some(used), Some(max), None),
+            Err(reason) => (None, None, Some(reason)),
+        };
         Ok(Some(OplogFacts {
             first_ts_secs: first,
             last_ts_secs: last,
             now_secs: now,
             used_bytes,
             max_bytes,
+            stats_error,
         }))
+    }
+
+    /// `size` and `maxSize` of `local.oplog.rs`: from `collStats` (deprecated since 6.2, still served by 7.0/8.0),
+    /// else from the `storageStats` of a `$collStats` stage. A real server appends `capped`, `max` and `maxSize`
+    /// (the configured cap, `replSetResizeOplog` included) for every capped collection (mongodb/mongo
+    /// `src/mongo/db/stats/storage_stats.cpp`, `_appendRecordStore`); `size` is the data size of the retained entries.
+    async fn oplog_size(&self) -> Result<(u64, u64), String> {
+        let command = match self
+            .command("local", doc! { "collStats": "oplog.rs" })
+            .await
+        {
+            Ok(reply) => match size_and_max(&reply) {
+                Some(figures) => return Ok(figures),
+                None => "collStats on local.oplog.rs reports no size/maxSize".to_string(),
+            },
+            Err(error) => format!("collStats on local.oplog.rs failed: {error}"),
+        };
+        let pipeline = vec![doc! { "$collStats": { "storageStats": {} } }];
+        let stage = self
+            .client
+            .database("local")
+            .collection::<Document>("oplog.rs")
+            .aggregate(pipeline)
+            .await;
+        let stage = match stage {
+            Ok(mut cursor) => match cursor.advance().await {
+                Ok(true) => match cursor.deserialize_current() {
+                    Ok(entry) => match entry
+                        .get_document("storageStats")
+                        .ok()
+                        .and_then(size_and_max)
+                    {
+                        Some(figures) => return Ok(figures),
+                        None => "$collStats reports no storageStats.size/maxSize".to_string(),
+                    },
+                    Err(error) => format!("$collStats reply does not decode: {error}"),
+                },
+                Ok(false) => "$collStats returned nothing".to_string(),
+                Err(error) => format!("$collStats failed: {}", self.map(&error)),
+            },
+            Err(error) => format!("$collStats failed: {}", self.map(&error)),
+        };
+        Err(format!("{command}; {stage}"))
     }
 
     /// `dbStats.dataSize` of `db`, where reported.
@@ -391,6 +445,13 @@ fn as_u64(value: &Bson) -> Option<u64> {
     }
 }
 
+/// `size` and `maxSize` of a capped collection's storage statistics (`maxSize` present only when capped).
+fn size_and_max(stats: &Document) -> Option<(u64, u64)> {
+    let used = stats.get("size").and_then(as_u64)?;
+    let max = stats.get("maxSize").and_then(as_u64)?;
+    Some((used, max))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -419,6 +480,14 @@ mod tests {
     fn redact_removes_the_password() {
         assert_eq!(redact("bad s3cret here", "s3cret"), "bad <redacted> here");
         assert_eq!(redact("nothing", ""), "nothing");
+    }
+
+    #[test]
+    fn oplog_size_figures_need_both_size_and_max_size() {
+        let stats = doc! {"size": 3_355_443i32, "count": 10i64, "capped": true, "max": -1i64, "maxSize": 1_038_090_240i64};
+        assert_eq!(size_and_max(&stats), Some((3_355_443, 1_038_090_240)));
+        assert_eq!(size_and_max(&doc! {"size": 10i64, "capped": false}), None);
+        assert_eq!(size_and_max(&doc! {"maxSize": 10i64}), None);
     }
 
     #[test]

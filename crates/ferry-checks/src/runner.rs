@@ -55,6 +55,8 @@ impl Destination {
 struct Privileges {
     databases: Option<Vec<(String, u64)>>,
     collections: Vec<(String, Vec<String>)>,
+    /// What was proven in each readable database, for the message.
+    proven: Vec<String>,
     problems: Vec<String>,
     oplog_readable: bool,
 }
@@ -292,17 +294,12 @@ impl Runner {
         }
         let user = &self.input.source.username;
         let verdict = if found.problems.is_empty() {
-            let dbs: Vec<String> = self
-                .source_collections
-                .iter()
-                .map(|(db, colls)| format!("{db} ({} collection(s))", colls.len()))
-                .collect();
             Verdict::pass(format!(
                 "user {user} can list databases, read {} and read local.oplog.rs",
-                if dbs.is_empty() {
+                if found.proven.is_empty() {
                     "no selected database".to_string()
                 } else {
-                    dbs.join(", ")
+                    found.proven.join(", ")
                 }
             ))
         } else {
@@ -672,6 +669,7 @@ async fn privileges(mongo: &Mongo, selected: &[String]) -> Privileges {
     let mut found = Privileges {
         databases: None,
         collections: Vec::new(),
+        proven: Vec::new(),
         problems: Vec::new(),
         oplog_readable: true,
     };
@@ -681,7 +679,10 @@ async fn privileges(mongo: &Mongo, selected: &[String]) -> Privileges {
             let (_, migrate) = evaluate::databases(selected, &names);
             for db in migrate {
                 match read_database(mongo, &db).await {
-                    Ok(collections) => found.collections.push((db, collections)),
+                    Ok(access) => {
+                        found.proven.push(access.describe(&db));
+                        found.collections.push((db, access.collections));
+                    }
                     Err(error) => found
                         .problems
                         .push(format!("cannot read database {db}: {error}")),
@@ -702,13 +703,50 @@ async fn privileges(mongo: &Mongo, selected: &[String]) -> Privileges {
     found
 }
 
-/// The collections of `db`, after proving a read on the first one.
-async fn read_database(mongo: &Mongo, db: &str) -> Result<Vec<String>, CheckError> {
+/// What `source_privileges` found in one database.
+struct DatabaseAccess {
+    /// Every collection and view (what the task migrates), without `system.*`.
+    collections: Vec<String>,
+    /// How many of them are real collections (`type: "collection"`).
+    readable: usize,
+}
+
+impl DatabaseAccess {
+    /// `shop (2 collection(s))`, or what was (not) read and why.
+    fn describe(&self, db: &str) -> String {
+        let listed = self.collections.len();
+        let others = listed.saturating_sub(self.readable);
+        match (self.readable, others) {
+            (0, 0) => format!("{db} (no collection: listCollections allowed, nothing to read)"),
+            (0, _) => format!(
+                "{db} ({others} view(s) only: listCollections allowed; read not proven, as reading a view would run its pipeline on the source)"
+            ),
+            (_, 0) => format!("{db} ({listed} collection(s))"),
+            (_, _) => format!(
+                "{db} ({listed} collection(s), of which {others} view(s) not read)"
+            ),
+        }
+    }
+}
+
+/// The collections and views of `db`, after proving a read on its first real collection. Views are never read:
+/// a read of a view runs the view's whole pipeline on the customer's production source.
+async fn read_database(mongo: &Mongo, db: &str) -> Result<DatabaseAccess, CheckError> {
     let collections = mongo.collections(db).await?;
-    if let Some(first) = collections.first() {
+    if collections.is_empty() {
+        return Ok(DatabaseAccess {
+            collections,
+            readable: 0,
+        });
+    }
+    let readable = mongo.readable_collections(db).await?;
+    if let Some(first) = readable.first() {
         mongo.first_document(db, first).await?;
     }
-    Ok(collections)
+    Ok(DatabaseAccess {
+        collections,
+        readable: readable.len(),
+    })
 }
 
 /// Total data size of the databases to migrate: dbStats dataSize, or listDatabases sizeOnDisk where

@@ -421,6 +421,14 @@ async fn oplog_window_smaller_than_copy_time_fails_oplog_window() {
     );
     assert!(item.message.contains("at 1 B/s"), "{}", item.message);
     assert!(item.message.contains("spool"), "{}", item.message);
+    assert!(
+        item.message.starts_with("oplog window ")
+            && item
+                .message
+                .contains("(oldest to newest entry; the oplog has rolled over: "),
+        "a rolled-over oplog is measured oldest to newest: {}",
+        item.message
+    );
     env.shutdown().await;
 }
 
@@ -535,4 +543,92 @@ async fn closed_receiver_still_returns_every_item() {
         .collect();
     assert_eq!(failed, ["source_reachable", "destination_reachable"]);
     assert!(!ferry_checks::checks_passed(&items));
+}
+
+/// Creates the view `db.name` on `on` (mongosim lists views but cannot evaluate them, like a read that must not
+/// happen on a production source).
+async fn create_view(sim: &MongoSim, db: &str, name: &str, on: &str) {
+    client(sim, "root", SOURCE_PASSWORD)
+        .await
+        .database(db)
+        .run_command(
+            doc! {"create": name, "viewOn": on, "pipeline": [{"$match": {"total": {"$gt": 10}}}]},
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_view_first_in_its_database_is_never_read() {
+    let env = Env::start().await;
+    // `aaa_totals` sorts before `carts` and `orders`; `reports` holds nothing but a view.
+    create_view(&env.source, "shop", "aaa_totals", "orders").await;
+    create_view(&env.source, "reports", "big_orders", "orders").await;
+    let source = client(&env.source, "root", SOURCE_PASSWORD).await;
+    let unreadable = source
+        .database("shop")
+        .collection::<mongodb::bson::Document>("aaa_totals")
+        .find_one(doc! {})
+        .await;
+    assert!(
+        unreadable.is_err(),
+        "the scenario needs a view that fails when read: {unreadable:?}"
+    );
+    let mut input = env.input();
+    input.databases = vec!["shop".into(), "crm".into(), "reports".into()];
+    let items = run(input).await;
+    let by_id = expect(&items, &[]);
+    let message = &by_id["source_privileges"].message;
+    assert!(
+        message.contains("shop (3 collection(s), of which 1 view(s) not read)"),
+        "{message}"
+    );
+    assert!(message.contains("crm (1 collection(s))"), "{message}");
+    assert!(
+        message.contains("reports (1 view(s) only: listCollections allowed; read not proven"),
+        "{message}"
+    );
+    // The views still count as namespaces the task migrates.
+    assert!(
+        by_id["destination_conflicts"]
+            .message
+            .contains("none of the 5 source collection(s)"),
+        "{}",
+        by_id["destination_conflicts"].message
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fresh_source_estimates_its_oplog_window_from_capacity_and_write_rate() {
+    // A replica set created a moment ago: its oplog spans about a second, but 64 MiB hold hours of these writes.
+    let env = Env::start().await;
+    let writer = client(&env.source, "root", SOURCE_PASSWORD).await;
+    writer
+        .database("shop")
+        .collection("bulk")
+        .insert_many((0..100).map(|i| doc! {"_id": i, "pad": "x".repeat(10_000)}))
+        .await
+        .unwrap();
+    let mut input = env.input();
+    // About 1 MiB to copy at 100 KiB/s: 10 s, far more than the oplog's span.
+    input.copy_rate_bytes_per_second = 100 << 10;
+    input.copy_rate_origin = "configured".into();
+    let items = run(input).await;
+    let by_id = expect(&items, &[]);
+    let message = &by_id["oplog_window"].message;
+    assert!(
+        message.starts_with("oplog not yet full: ") && message.contains(" of 64.0 MiB used over "),
+        "{message}"
+    );
+    assert!(
+        message.contains("-> estimated window ") && message.contains("at the current write rate"),
+        "{message}"
+    );
+    assert!(
+        message.contains(">= estimated copy time")
+            && message.contains("at 100.0 KiB/s, configured"),
+        "{message}"
+    );
+    env.shutdown().await;
 }
