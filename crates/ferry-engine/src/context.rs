@@ -35,6 +35,22 @@ pub(crate) struct Live {
     /// Packed OpTime (seconds << 32 | increment); 0 = none.
     pub last_applied: AtomicU64,
     pub source_newest: AtomicU64,
+    /// The source's majority commit point (packed); `MAJORITY_UNKNOWN` before the first poll,
+    /// `MAJORITY_UNBOUNDED` when the source does not report one.
+    pub majority: AtomicU64,
+}
+
+pub(crate) const MAJORITY_UNKNOWN: u64 = 0;
+pub(crate) const MAJORITY_UNBOUNDED: u64 = u64::MAX;
+
+/// How far the applier may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Majority {
+    /// Not read yet: apply nothing.
+    Unknown,
+    /// The source reports no majority point (apply everything read).
+    Unbounded,
+    At(OpTime),
 }
 
 pub(crate) fn pack(t: OpTime) -> u64 {
@@ -111,6 +127,23 @@ impl Ctx {
         .await
     }
 
+    /// Like `dst_command` for a command built from raw BSON (oplog payloads are never decoded).
+    pub(crate) async fn dst_raw_command(
+        &self,
+        db: &str,
+        cmd: mongodb::bson::RawDocumentBuf,
+    ) -> Result<Option<mongodb::bson::Document>, crate::mongo::RetryError> {
+        crate::mongo::raw_command(
+            &self.dst,
+            &self.cancel,
+            self.retry_budget(),
+            crate::mongo::Side::Destination,
+            db,
+            cmd,
+        )
+        .await
+    }
+
     /// How long transient failures are retried without progress (`tuning.retry_budget`).
     pub(crate) fn retry_budget(&self) -> std::time::Duration {
         self.cfg.tuning.retry_budget
@@ -138,6 +171,14 @@ impl Ctx {
 
     pub(crate) fn last_applied(&self) -> Option<OpTime> {
         unpack(self.live.last_applied.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn majority(&self) -> Majority {
+        match self.live.majority.load(Ordering::SeqCst) {
+            MAJORITY_UNKNOWN => Majority::Unknown,
+            MAJORITY_UNBOUNDED => Majority::Unbounded,
+            v => unpack(v).map_or(Majority::Unknown, Majority::At),
+        }
     }
 
     pub(crate) fn set_last_applied(&self, t: OpTime) {

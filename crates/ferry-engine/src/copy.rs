@@ -71,11 +71,16 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
     if ctx.cancel.is_cancelled() {
         return Ok(());
     }
-    let (ns, filter, avg) = {
+    let (ns, filter, avg, ordered) = {
         let st = ctx.state();
         let c = &st.collections[ci];
         let avg = c.bytes_estimated.checked_div(c.docs_estimated).unwrap_or(0);
-        (c.ns.clone(), c.ranges[ri].filter(), avg)
+        (
+            c.ns.clone(),
+            c.ranges[ri].filter(),
+            avg,
+            st.ordered.contains(&c.ns),
+        )
     };
     let filter = filter?;
     let ctr = ctx.counters(ci);
@@ -84,7 +89,16 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
     loop {
         let mut docs = 0u64;
         let mut bytes = 0u64;
-        let res = copy_range(&ctx, &ns, filter.clone(), avg, &mut docs, &mut bytes, &ctr).await;
+        let res = copy_range(
+            &ctx,
+            &ns,
+            filter.clone(),
+            avg,
+            ordered,
+            (&mut docs, &mut bytes),
+            &ctr,
+        )
+        .await;
         match res {
             Ok(true) => {
                 {
@@ -133,14 +147,16 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
 
 struct SideError(MongoError, Side);
 
-/// One attempt at a range. `Ok(true)`: copied; `Ok(false)`: cancelled.
+/// One attempt at a range. `Ok(true)`: copied; `Ok(false)`: cancelled. An `ordered` range (a capped
+/// collection, whose destination evicts by its own insertion order) is read in the source's natural
+/// order and written by one writer, so the destination's insertion order is the source's.
 async fn copy_range(
     ctx: &Arc<Ctx>,
     ns: &str,
     filter: mongodb::bson::Document,
     avg_doc_bytes: u64,
-    docs: &mut u64,
-    bytes: &mut u64,
+    ordered: bool,
+    (docs, bytes): (&mut u64, &mut u64),
     ctr: &Arc<crate::context::CollCounters>,
 ) -> Result<bool, SideError> {
     let (db, name) = split_ns(ns);
@@ -149,7 +165,8 @@ async fn copy_range(
     let (tx, rx) = mpsc::channel::<Vec<RawDocumentBuf>>(CHANNEL_DEPTH);
     let rx = Arc::new(AsyncMutex::new(rx));
     let mut writers = Vec::new();
-    for _ in 0..WRITERS_PER_RANGE {
+    let n_writers = if ordered { 1 } else { WRITERS_PER_RANGE };
+    for _ in 0..n_writers {
         let rx = rx.clone();
         let dst = dst.clone();
         let cancel = ctx.cancel.clone();
@@ -178,7 +195,7 @@ async fn copy_range(
             }
         }));
     }
-    let read_res = read_range(ctx, &src, filter, avg_doc_bytes, tx).await;
+    let read_res = read_range(ctx, &src, filter, avg_doc_bytes, ordered, tx).await;
     let mut write_err = None;
     for w in writers {
         match w.await {
@@ -207,6 +224,7 @@ async fn read_range(
     src: &Collection<RawDocumentBuf>,
     filter: mongodb::bson::Document,
     avg_doc_bytes: u64,
+    ordered: bool,
     tx: mpsc::Sender<Vec<RawDocumentBuf>>,
 ) -> Result<bool, SideError> {
     let max_docs = ctx.max_batch_docs;
@@ -217,9 +235,15 @@ async fn read_range(
         0 => 1000,
         avg => (max_bytes as u64 / avg).clamp(100, max_docs as u64),
     };
+    let mut find = src
+        .find(filter)
+        .batch_size(cursor_batch.min(u64::from(u32::MAX)) as u32);
+    if ordered {
+        find = find.sort(mongodb::bson::doc! {"$natural": 1});
+    }
     let mut cursor = tokio::select! {
         _ = ctx.cancel.cancelled() => return Ok(false),
-        c = src.find(filter).batch_size(cursor_batch.min(u64::from(u32::MAX)) as u32) => c.map_err(|e| SideError(e, Side::Source))?,
+        c = find => c.map_err(|e| SideError(e, Side::Source))?,
     };
     let mut batch = Vec::with_capacity(1024);
     let mut batch_bytes = 0usize;
@@ -278,13 +302,14 @@ pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), En
     let started = std::time::Instant::now();
     loop {
         let (mut docs, mut bytes) = (0, 0);
+        let ordered = ctx.state().ordered.iter().any(|n| n == ns);
         match copy_range(
             ctx,
             ns,
             mongodb::bson::Document::new(),
             0,
-            &mut docs,
-            &mut bytes,
+            ordered,
+            (&mut docs, &mut bytes),
             &ctr,
         )
         .await

@@ -46,6 +46,10 @@ pub enum EngineError {
     },
     #[error("unsupported on {namespace}: {detail}")]
     Unsupported { namespace: String, detail: String },
+    #[error("cut-over cannot restore the source's unique indexes: {detail}")]
+    UniqueConversion { detail: String },
+    #[error("the source replica set rolled back writes after a failover ({detail}); entries this task read may have been undone, so the destination can no longer be trusted: stop the task (StopTask) and restart the migration from scratch")]
+    SourceRolledBack { detail: String },
     #[error("invalid checkpoint: {0}; restart the migration from scratch")]
     BadCheckpoint(String),
     #[error("invalid configuration: {0}")]
@@ -53,11 +57,14 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// Whether retrying the task from its last checkpoint can succeed without operator action.
+    /// Whether the task can continue from its last checkpoint (StartTask): after an outage, or after
+    /// the operator fixed the duplicates a unique-index conversion found.
     pub fn resumable(&self) -> bool {
         matches!(
             self,
-            EngineError::Unavailable { .. } | EngineError::Connect { .. }
+            EngineError::Unavailable { .. }
+                | EngineError::Connect { .. }
+                | EngineError::UniqueConversion { .. }
         )
     }
 }

@@ -8,15 +8,20 @@
 mod apply;
 mod context;
 mod copy;
+mod ddl;
 pub mod diff;
 mod error;
+mod indexes;
 mod mongo;
 mod oplog;
 mod plan;
+mod raw;
+mod replay;
 mod spool;
 mod state;
 mod tail;
 mod types;
+mod worker;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,6 +32,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use error::EngineError;
+pub use replay::{
+    apply_oplog_entries, apply_oplog_entries_tuned, apply_raw_oplog_entries, read_entries, replay,
+    Replayed,
+};
 pub use types::{
     Checkpoint, CollectionProgress, Completion, Endpoint, EngineEvent, MigrationConfig,
     MigrationControl, OpTime, Outcome, Phase, ProgressSnapshot, Tuning,
@@ -39,8 +48,8 @@ use state::EngineState;
 
 const DEFAULT_MAX_WRITE_BATCH: usize = 100_000;
 /// Byte budget of one insert batch (well under maxMessageSizeBytes; bounds memory per pipeline stage).
-const BATCH_BYTE_BUDGET: usize = 2 << 20;
-const BATCH_DOC_BUDGET: usize = 10_000;
+pub(crate) const BATCH_BYTE_BUDGET: usize = 2 << 20;
+pub(crate) const BATCH_DOC_BUDGET: usize = 10_000;
 
 /// Runs (or resumes) a migration until cut-over, stop, or a fatal error.
 pub async fn run_migration(
@@ -79,6 +88,7 @@ pub async fn run_migration(
             let mut st =
                 plan::build(&src, &stop, budget, &filter, config.tuning.docs_per_range).await?;
             st.fetch_from = oldest_txn.filter(|t| *t < start).map(state::pair);
+            st.rbid = tail::rollback_id(&src).await;
             (st, start, Phase::DataSync, None)
         }
     };
@@ -211,8 +221,7 @@ async fn phases(
         .copy_end
         .map(state::optime)
         .unwrap_or(ctx.start_ts);
-    let unique = plan::unique_namespaces(&ctx, &ctx.planned_namespaces()).await;
-    let applier = apply::Applier::new(ctx.clone(), apply_from, copy_end, unique);
+    let applier = apply::Applier::new(ctx.clone(), apply_from, copy_end);
     let final_ts = match applier.run(reader).await {
         Ok(Some(t)) => t,
         Ok(None) => return Ok(Outcome::Stopped),
@@ -221,6 +230,12 @@ async fn phases(
             return Ok(Outcome::Stopped);
         }
     };
+    // Everything through the final timestamp is applied and the source is quiescent: unique and TTL
+    // indexes get their source definition back.
+    indexes::restore(&ctx).await?;
+    if ctx.cancel.is_cancelled() {
+        return Ok(Outcome::Stopped);
+    }
     let progress = ctx.snapshot((0.0, 0.0));
     let secs = started.elapsed().as_secs_f64();
     let summary = format!(
@@ -331,51 +346,4 @@ pub async fn list_databases(source: &Endpoint) -> Result<Vec<(String, u64, bool)
         .into_iter()
         .filter(|(n, _, _)| !oplog::SYSTEM_DBS.contains(&n.as_str()))
         .collect())
-}
-
-/// Applies oplog entries (as read from `local.oplog.rs`) to `destination` with the engine's idempotent
-/// rules, in order, outside any migration. For tests and verification tools; not part of the stable API.
-#[doc(hidden)]
-pub async fn apply_oplog_entries(
-    destination: &Endpoint,
-    databases: &[String],
-    entries: &[mongodb::bson::Document],
-) -> Result<(), EngineError> {
-    let dst = mongo::connect(destination, Side::Destination).await?;
-    let mut raws = Vec::with_capacity(entries.len());
-    for e in entries {
-        raws.push(
-            mongodb::bson::RawDocumentBuf::try_from(e)
-                .map_err(|err| EngineError::Config(format!("entry is not valid BSON: {err}")))?,
-        );
-    }
-    let zero = OpTime {
-        seconds: 0,
-        increment: 0,
-    };
-    let ctx = Arc::new(Ctx {
-        cfg: MigrationConfig {
-            task_id: "apply".into(),
-            source: destination.clone(),
-            destination: destination.clone(),
-            databases: databases.to_vec(),
-            spool_dir: std::path::PathBuf::new(),
-            tuning: Tuning::default(),
-        },
-        src: dst.clone(),
-        dst,
-        cancel: CancellationToken::new(),
-        control: MigrationControl::new(),
-        failure: Mutex::new(None),
-        events: mpsc::channel(1024).0,
-        state: Mutex::new(EngineState::new()),
-        filter: NsFilter::new(databases),
-        start_ts: zero,
-        live: Default::default(),
-        spool: Mutex::new(None),
-        max_batch_docs: BATCH_DOC_BUDGET,
-        max_batch_bytes: BATCH_BYTE_BUDGET,
-    });
-    let mut applier = apply::Applier::new(ctx, zero, zero, Default::default());
-    applier.apply_batch(&raws, zero).await
 }

@@ -189,6 +189,22 @@ pub(crate) async fn command(
     .await
 }
 
+/// Runs a raw command (payloads never decoded) with retries; `Ok(None)` when cancelled.
+pub(crate) async fn raw_command(
+    client: &Client,
+    cancel: &CancellationToken,
+    budget: Duration,
+    side: Side,
+    db: &str,
+    cmd: mongodb::bson::RawDocumentBuf,
+) -> Result<Option<Document>, RetryError> {
+    let database = client.database(db);
+    retry(cancel, budget, side, "command", || {
+        database.run_raw_command(cmd.clone()).into_future()
+    })
+    .await
+}
+
 /// `ping` used to fail fast with a clear message when an endpoint is unreachable at start.
 pub(crate) async fn ping(
     client: &Client,

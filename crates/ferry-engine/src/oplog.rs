@@ -4,35 +4,37 @@
 
 use std::collections::HashMap;
 
-use mongodb::bson::{Bson, Document, RawDocument};
+use mongodb::bson::{Document, RawBsonRef, RawDocument, RawDocumentBuf};
 
 use crate::types::OpTime;
 
-/// One operation to apply (a CRUD op or a DDL command), carrying the `ts` of its oplog entry.
+/// One operation to apply (a CRUD op or a DDL command), carrying the `ts` of its oplog entry. CRUD
+/// payloads stay raw BSON, exactly as the source logged them (strings are never decoded: real servers
+/// store invalid UTF-8 as given, see `raw`).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Op {
     /// `i`: the whole document.
-    Insert { ns: String, doc: Document },
+    Insert { ns: String, doc: RawDocumentBuf },
     /// `u` with a replacement document.
     Replace {
         ns: String,
-        key: Document,
-        doc: Document,
+        key: RawDocumentBuf,
+        doc: RawDocumentBuf,
     },
     /// `u` with a `$v:1` (or version-less) modifier document, `$v` stripped.
     UpdateModifier {
         ns: String,
-        key: Document,
-        update: Document,
+        key: RawDocumentBuf,
+        update: RawDocumentBuf,
     },
     /// `u` with a `$v:2` diff (the value of `o.diff`).
     UpdateDiff {
         ns: String,
-        key: Document,
-        diff: Document,
+        key: RawDocumentBuf,
+        diff: RawDocumentBuf,
     },
     /// `d`: the document key.
-    Delete { ns: String, key: Document },
+    Delete { ns: String, key: RawDocumentBuf },
     /// `c` other than applyOps/commit/abort: `db` and the command document (and `o2`).
     Command { db: String, cmd: Document },
 }
@@ -87,33 +89,36 @@ pub(crate) fn entry_ts(raw: &RawDocument) -> Result<OpTime, ParseError> {
         .map_err(|e| perr(format!("no ts: {e}")))
 }
 
-/// Parses a full oplog entry.
+/// Parses a full oplog entry, keeping CRUD payloads raw.
 pub(crate) fn parse_entry(raw: &RawDocument) -> Result<(OpTime, Entry), ParseError> {
     let ts = entry_ts(raw)?;
-    let doc = Document::try_from(raw).map_err(|e| perr(format!("invalid BSON: {e}")))?;
-    Ok((ts, parse_doc(&doc)?))
+    Ok((ts, parse_raw(raw)?))
 }
 
-fn get_doc<'a>(d: &'a Document, key: &str) -> Result<&'a Document, ParseError> {
+/// Parses an entry given as a decoded document (tests and tools).
+#[cfg(test)]
+pub(crate) fn parse_doc(d: &Document) -> Result<Entry, ParseError> {
+    let raw = RawDocumentBuf::try_from(d).map_err(|e| perr(format!("invalid BSON: {e}")))?;
+    parse_raw(&raw)
+}
+
+fn raw_doc<'a>(d: &'a RawDocument, key: &str) -> Result<&'a RawDocument, ParseError> {
     d.get_document(key)
         .map_err(|_| perr(format!("missing or non-document '{key}'")))
 }
 
-fn txn_key(d: &Document) -> Option<TxnKey> {
+fn txn_key(d: &RawDocument) -> Option<TxnKey> {
     let lsid = d.get_document("lsid").ok()?;
-    let id = match lsid.get("id")? {
-        Bson::Binary(b) => b.bytes.clone(),
-        other => other.to_string().into_bytes(),
-    };
-    let txn = match d.get("txnNumber")? {
-        Bson::Int64(n) => *n,
-        Bson::Int32(n) => i64::from(*n),
+    let id = crate::raw::field(lsid, "id").map(|e| crate::raw::value_key(&e))?;
+    let txn = match d.get("txnNumber").ok()?? {
+        RawBsonRef::Int64(n) => n,
+        RawBsonRef::Int32(n) => i64::from(n),
         _ => return None,
     };
     Some((id, txn))
 }
 
-pub(crate) fn parse_doc(d: &Document) -> Result<Entry, ParseError> {
+fn parse_raw(d: &RawDocument) -> Result<Entry, ParseError> {
     let op = d.get_str("op").map_err(|_| perr("missing 'op'"))?;
     match op {
         "n" => Ok(Entry::Noop),
@@ -123,17 +128,23 @@ pub(crate) fn parse_doc(d: &Document) -> Result<Entry, ParseError> {
     }
 }
 
-fn parse_crud(d: &Document, op: &str) -> Result<Op, ParseError> {
+fn parse_crud(d: &RawDocument, op: &str) -> Result<Op, ParseError> {
     let ns = d
         .get_str("ns")
         .map_err(|_| perr("missing 'ns'"))?
         .to_string();
-    let o = get_doc(d, "o")?.clone();
+    let o = raw_doc(d, "o")?;
     match op {
-        "i" => Ok(Op::Insert { ns, doc: o }),
-        "d" => Ok(Op::Delete { ns, key: o }),
+        "i" => Ok(Op::Insert {
+            ns,
+            doc: o.to_owned(),
+        }),
+        "d" => Ok(Op::Delete {
+            ns,
+            key: o.to_owned(),
+        }),
         _ => {
-            let key = get_doc(d, "o2")?.clone();
+            let key = raw_doc(d, "o2")?.to_owned();
             classify_update(ns, key, o)
         }
     }
@@ -143,51 +154,61 @@ fn parse_crud(d: &Document, op: &str) -> Result<Op, ParseError> {
 /// full replacement whatever its other fields (`$v`, `diff` and `$set` may be user fields there), as the
 /// server itself decides when applying oplog entries; otherwise `$v: 2` + `diff` document -> diff, any
 /// `$` key -> modifier, and the rest (pre-3.6 replacements without `_id`) -> replacement.
-fn classify_update(ns: String, key: Document, o: Document) -> Result<Op, ParseError> {
-    if o.contains_key("_id") {
-        return Ok(Op::Replace { ns, key, doc: o });
+fn classify_update(ns: String, key: RawDocumentBuf, o: &RawDocument) -> Result<Op, ParseError> {
+    let els = crate::raw::elements(o.as_bytes()).ok_or_else(|| perr("bad BSON framing in 'o'"))?;
+    if els.iter().any(|e| e.key == b"_id") {
+        return Ok(Op::Replace {
+            ns,
+            key,
+            doc: o.to_owned(),
+        });
     }
-    let version = match o.get("$v") {
-        Some(Bson::Int32(v)) => Some(i64::from(*v)),
-        Some(Bson::Int64(v)) => Some(*v),
-        Some(Bson::Double(v)) => Some(*v as i64),
+    let version = match o.get("$v").ok().flatten() {
+        Some(RawBsonRef::Int32(v)) => Some(i64::from(v)),
+        Some(RawBsonRef::Int64(v)) => Some(v),
+        Some(RawBsonRef::Double(v)) => Some(v as i64),
         _ => None,
     };
     if version == Some(2) {
-        let diff = get_doc(&o, "diff")?.clone();
+        let diff = raw_doc(o, "diff")?.to_owned();
         return Ok(Op::UpdateDiff { ns, key, diff });
     }
-    if o.keys().any(|k| k.starts_with('$')) {
-        let mut update = o;
-        update.remove("$v");
+    if els.iter().any(|e| e.key.first() == Some(&b'$')) {
+        let update = crate::raw::without(o, "$v").ok_or_else(|| perr("bad BSON framing"))?;
         if update.is_empty() {
             return Err(perr("update entry with only '$v'"));
         }
         return Ok(Op::UpdateModifier { ns, key, update });
     }
-    Ok(Op::Replace { ns, key, doc: o })
+    Ok(Op::Replace {
+        ns,
+        key,
+        doc: o.to_owned(),
+    })
 }
 
-fn parse_command(d: &Document) -> Result<Entry, ParseError> {
+fn parse_command(d: &RawDocument) -> Result<Entry, ParseError> {
     let ns = d.get_str("ns").map_err(|_| perr("missing 'ns'"))?;
     let db = ns
         .split_once('.')
         .map(|(db, _)| db)
         .unwrap_or(ns)
         .to_string();
-    let o = get_doc(d, "o")?;
-    let first = o.keys().next().map(String::as_str).unwrap_or("");
-    match first {
-        "applyOps" => {
+    let o = raw_doc(d, "o")?;
+    let first = crate::raw::elements(o.as_bytes())
+        .and_then(|e| e.first().map(|e| e.key.to_vec()))
+        .unwrap_or_default();
+    match first.as_slice() {
+        b"applyOps" => {
             let inner = o
                 .get_array("applyOps")
                 .map_err(|_| perr("applyOps is not an array"))?;
-            let mut ops = Vec::with_capacity(inner.len());
+            let mut ops = Vec::new();
             for item in inner {
-                let Bson::Document(child) = item else {
+                let Ok(RawBsonRef::Document(child)) = item else {
                     return Err(perr("applyOps element is not a document"));
                 };
-                match parse_doc(child)? {
+                match parse_raw(child)? {
                     Entry::Ops(mut v) => ops.append(&mut v),
                     Entry::Noop => {}
                     other => return Err(perr(format!("unexpected nested entry {other:?}"))),
@@ -209,16 +230,19 @@ fn parse_command(d: &Document) -> Result<Entry, ParseError> {
                 None => Ok(Entry::Ops(ops)),
             }
         }
-        "commitTransaction" => txn_key(d)
+        b"commitTransaction" => txn_key(d)
             .map(|key| Entry::Commit { key })
             .ok_or_else(|| perr("commitTransaction without lsid/txnNumber")),
-        "abortTransaction" => txn_key(d)
+        b"abortTransaction" => txn_key(d)
             .map(|key| Entry::Abort { key })
             .ok_or_else(|| perr("abortTransaction without lsid/txnNumber")),
         _ => {
-            let mut cmd = o.clone();
+            let mut cmd = Document::try_from(o)
+                .map_err(|e| perr(format!("command entry is not decodable: {e}")))?;
             if let Ok(o2) = d.get_document("o2") {
-                cmd.insert("$o2", o2.clone());
+                if let Ok(o2) = Document::try_from(o2) {
+                    cmd.insert("$o2", o2);
+                }
             }
             Ok(Entry::Ops(vec![Op::Command { db, cmd }]))
         }
@@ -303,7 +327,15 @@ impl NsFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::doc;
+    use mongodb::bson::{doc, Bson};
+
+    fn raw(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::try_from(&d).unwrap()
+    }
+
+    fn cu(key: Document, o: Document) -> Op {
+        classify_update("a.b".into(), raw(key), &raw(o)).unwrap()
+    }
 
     pub(crate) fn samples() -> Vec<(String, Document)> {
         include_str!("../tests/data/oplog-samples.jsonl")
@@ -343,7 +375,7 @@ mod tests {
                     let Op::UpdateModifier { update, .. } = &v[0] else {
                         panic!("{kind}")
                     };
-                    assert!(!update.contains_key("$v"));
+                    assert!(update.get("$v").unwrap().is_none());
                 }
                 k if k.starts_with("oplog.command.applyOps") => {
                     assert!(
@@ -383,7 +415,7 @@ mod tests {
             if kind != "oplog.update.o.v2" {
                 continue;
             }
-            let op = classify_update("a.b".into(), doc! {"_id": 1}, o).unwrap();
+            let op = cu(doc! {"_id": 1}, o);
             assert!(matches!(op, Op::UpdateDiff { .. }));
         }
     }
@@ -391,27 +423,22 @@ mod tests {
     #[test]
     fn replacement_with_dollar_fields_is_a_replacement() {
         let o = doc! {"_id": 1, "$v": 2, "diff": {"u": {"a": 1}}, "$set": {"x": 1}};
-        let op = classify_update("a.b".into(), doc! {"_id": 1}, o.clone()).unwrap();
+        let op = cu(doc! {"_id": 1}, o.clone());
         assert_eq!(
             op,
             Op::Replace {
                 ns: "a.b".into(),
-                key: doc! {"_id": 1},
-                doc: o
+                key: raw(doc! {"_id": 1}),
+                doc: raw(o)
             }
         );
-        let op = classify_update("a.b".into(), doc! {"_id": 1}, doc! {"$set": {"_id": 1}}).unwrap();
+        let op = cu(doc! {"_id": 1}, doc! {"$set": {"_id": 1}});
         assert!(matches!(op, Op::UpdateModifier { .. }));
     }
 
     #[test]
     fn replacement_with_field_named_diff_is_not_a_diff() {
-        let op = classify_update(
-            "a.b".into(),
-            doc! {"_id": 1},
-            doc! {"_id": 1, "diff": {"u": {"a": 1}}},
-        )
-        .unwrap();
+        let op = cu(doc! {"_id": 1}, doc! {"_id": 1, "diff": {"u": {"a": 1}}});
         assert!(matches!(op, Op::Replace { .. }));
     }
 

@@ -177,7 +177,14 @@ pub(crate) async fn build(
             let options = entry.get_document("options").cloned().unwrap_or_default();
             match entry.get_str("type").unwrap_or("collection") {
                 "collection" => {
-                    let coll = estimate_and_split(src, cancel, budget, db, name, options, docs_per_range).await?;
+                    // Capped collections evict in insertion order: copied as one range in natural
+                    // order, applied in one partition (`ordered`).
+                    let capped = options.get_bool("capped").unwrap_or(false);
+                    let per_range = if capped { 0 } else { docs_per_range };
+                    let coll = estimate_and_split(src, cancel, budget, db, name, options, per_range).await?;
+                    if capped {
+                        st.ordered.push(ns.clone());
+                    }
                     st.collections.push(coll);
                 }
                 "view" => st.views.push(ViewState { ns, options: state::to_ext(Bson::Document(options)) }),
@@ -294,6 +301,16 @@ pub(crate) async fn create_namespace(
     }
     {
         let mut st = ctx.state();
+        // The first view of a database creates `<db>.system.views` (mongodb/mongo
+        // `src/mongo/db/catalog/create_collection.cpp`, `_createSystemDotViewsIfNecessary`): the
+        // task created it too, and rollback drops it after the view.
+        let views = format!("{db}.system.views");
+        if options.contains_key("viewOn")
+            && !existing.contains("system.views")
+            && !st.created.contains(&views)
+        {
+            st.created.push(views);
+        }
         if !st.created.iter().any(|c| c == ns) {
             st.created.push(ns.to_string());
         }
@@ -302,7 +319,9 @@ pub(crate) async fn create_namespace(
     let mut cmd = doc! {"create": name};
     for (k, v) in options {
         // idIndex: the default _id index is identical (same collation); some servers reject the field.
-        if k != "create" && k != "$o2" && k != "uuid" && k != "idIndex" {
+        // temp: a cross-database rename's temporary collection (dropped by a server restart): created
+        // as an ordinary collection, renamed onto its target later, rolled back like any other.
+        if k != "create" && k != "$o2" && k != "uuid" && k != "idIndex" && k != "temp" {
             cmd.insert(k.clone(), v.clone());
         }
     }
@@ -312,6 +331,9 @@ pub(crate) async fn create_namespace(
         Err(e) => return Err(e.into_engine("create", ns)),
     }
     existing.insert(name.to_string());
+    if options.contains_key("viewOn") {
+        existing.insert("system.views".to_string());
+    }
     tracing::info!(task_id = %ctx.cfg.task_id, %ns, "created on destination");
     Ok(())
 }
@@ -382,35 +404,129 @@ pub(crate) async fn create_all(ctx: &Ctx) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// INDEX_CREATION: every secondary index of every planned collection, same options.
-pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
-    use std::sync::atomic::Ordering;
-    let namespaces = ctx.planned_namespaces();
-    let mut work = Vec::new();
-    for ns in &namespaces {
-        let (db, name) = split_ns(ns);
-        let cmd = doc! {"listIndexes": name};
-        let database = ctx.src.database(db);
-        let res = mongo::retry(
-            &ctx.cancel,
-            ctx.retry_budget(),
-            Side::Source,
-            "listIndexes",
-            || async {
+/// The index specs of `ns` on one side; `Ok(None)` when the collection is gone. With
+/// `finished_only`, index builds still in progress are left out: `listIndexes` lists them like finished
+/// ones, and only with `includeBuildUUIDs: true` does it mark them, as `{spec, buildUUID}` (mongodb/mongo
+/// `src/mongo/db/catalog/list_indexes.cpp`, `listIndexesInLock`). A build in progress is planned by its
+/// `commitIndexBuild` entry, which the oplog brings later (or never, when it aborts).
+async fn index_specs(
+    client: &Client,
+    cancel: &CancellationToken,
+    budget: Duration,
+    side: Side,
+    ns: &str,
+    finished_only: bool,
+) -> Result<Option<Vec<Document>>, EngineError> {
+    let (db, name) = split_ns(ns);
+    let database = client.database(db);
+    let run = |cmd: Document| {
+        let database = database.clone();
+        async move {
+            mongo::retry(cancel, budget, side, "listIndexes", || async {
                 database
                     .run_cursor_command(cmd.clone())
                     .await?
                     .try_collect::<Vec<Document>>()
                     .await
-            },
+            })
+            .await
+        }
+    };
+    let res = if finished_only {
+        match run(doc! {"listIndexes": name, "includeBuildUUIDs": true}).await {
+            // A server that does not know the option (code 40415, unknown field): plain listing.
+            Err(e) if error_code(&e.error) == Some(40415) => run(doc! {"listIndexes": name}).await,
+            other => other,
+        }
+    } else {
+        run(doc! {"listIndexes": name}).await
+    };
+    let specs = match res {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(Some(Vec::new())),
+        Err(e) if error_code(&e.error) == Some(26) => return Ok(None),
+        Err(e) => return Err(e.into_engine("listIndexes", ns)),
+    };
+    let mut out = Vec::with_capacity(specs.len());
+    for s in specs {
+        if s.contains_key("buildUUID") {
+            let index = s
+                .get_document("spec")
+                .ok()
+                .and_then(|d| d.get_str("name").ok())
+                .unwrap_or("?");
+            tracing::info!(%ns, index, "index build in progress on the source; it is created when the oplog commits it");
+            continue;
+        }
+        out.push(s);
+    }
+    Ok(Some(out))
+}
+
+/// The destination's index specs of `ns` (empty when the collection is gone).
+pub(crate) async fn list_indexes(ctx: &Ctx, ns: &str) -> Result<Vec<Document>, EngineError> {
+    Ok(index_specs(
+        &ctx.dst,
+        &ctx.cancel,
+        ctx.retry_budget(),
+        Side::Destination,
+        ns,
+        false,
+    )
+    .await?
+    .unwrap_or_default())
+}
+
+/// A view's current definition on the source (`viewOn`, `pipeline`, `collation`), if it is a view.
+pub(crate) async fn source_view(
+    ctx: &Ctx,
+    db: &str,
+    view: &str,
+) -> Result<Option<Document>, EngineError> {
+    let database = ctx.src.database(db);
+    let cmd = doc! {"listCollections": 1, "filter": {"name": view, "type": "view"}};
+    let found = mongo::retry(
+        &ctx.cancel,
+        ctx.retry_budget(),
+        Side::Source,
+        "listCollections",
+        || async {
+            database
+                .run_cursor_command(cmd.clone())
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        },
+    )
+    .await
+    .map_err(|e| e.into_engine("listCollections", db))?
+    .unwrap_or_default();
+    Ok(found
+        .into_iter()
+        .next()
+        .and_then(|d| d.get_document("options").ok().cloned()))
+}
+
+/// INDEX_CREATION: every finished secondary index of every planned collection, same options, except
+/// that unique and TTL indexes are relaxed until cut-over (`indexes`).
+pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
+    use std::sync::atomic::Ordering;
+    let namespaces = ctx.planned_namespaces();
+    let mut work = Vec::new();
+    for ns in &namespaces {
+        let specs = index_specs(
+            &ctx.src,
+            &ctx.cancel,
+            ctx.retry_budget(),
+            Side::Source,
+            ns,
+            true,
         )
-        .await;
-        let specs = match res {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(()),
-            Err(e) if error_code(&e.error) == Some(26) => continue,
-            Err(e) => return Err(e.into_engine("listIndexes", ns)),
-        };
+        .await?;
+        if ctx.cancel.is_cancelled() {
+            return Ok(());
+        }
+        let Some(specs) = specs else { continue };
         let specs: Vec<Document> = specs
             .into_iter()
             .filter(|s| s.get_str("name").map(|n| n != "_id_").unwrap_or(false))
@@ -429,7 +545,19 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
     for (ns, specs) in work {
         let (db, name) = split_ns(&ns);
         let n = specs.len() as u32;
-        let cmd = doc! {"createIndexes": name, "indexes": specs};
+        let mut relaxed = Vec::with_capacity(specs.len());
+        let mut records = Vec::new();
+        for spec in &specs {
+            let (s, r) = crate::indexes::relax(&ns, spec);
+            relaxed.push(s);
+            records.extend(r);
+        }
+        if !records.is_empty() {
+            // Recorded before the build, so a crash cannot leave a relaxed index nobody restores.
+            crate::indexes::remember(&mut ctx.state(), records);
+            ctx.emit_checkpoint().await;
+        }
+        let cmd = doc! {"createIndexes": name, "indexes": relaxed};
         match ctx.dst_command(db, cmd).await {
             Ok(None) => return Ok(()),
             Ok(Some(_)) => {}
@@ -442,36 +570,4 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
         tracing::info!(task_id = %ctx.cfg.task_id, %ns, indexes = n, "indexes built");
     }
     Ok(())
-}
-
-/// Namespaces (among `namespaces`) with a secondary unique index on the source.
-pub(crate) async fn unique_namespaces(ctx: &Ctx, namespaces: &[String]) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for ns in namespaces {
-        let (db, name) = split_ns(ns);
-        let database = ctx.dst.database(db);
-        let cmd = doc! {"listIndexes": name};
-        if let Ok(Some(specs)) = mongo::retry(
-            &ctx.cancel,
-            ctx.retry_budget(),
-            Side::Destination,
-            "listIndexes",
-            || async {
-                database
-                    .run_cursor_command(cmd.clone())
-                    .await?
-                    .try_collect::<Vec<Document>>()
-                    .await
-            },
-        )
-        .await
-        {
-            if specs.iter().any(|s| {
-                s.get_bool("unique").unwrap_or(false) && s.get_str("name").ok() != Some("_id_")
-            }) {
-                out.insert(ns.clone());
-            }
-        }
-    }
-    out
 }

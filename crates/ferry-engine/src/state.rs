@@ -29,6 +29,32 @@ pub(crate) struct EngineState {
     pub indexes_total: u32,
     /// Entries applied so far (for progress across restarts).
     pub oplog_entries_applied: u64,
+    /// Unique and TTL indexes kept relaxed on the destination until cut-over, with the source's
+    /// definition to restore (`indexes`).
+    #[serde(default)]
+    pub relaxed: Vec<RelaxedIndex>,
+    /// Namespaces whose writes must keep the source's order (capped collections).
+    #[serde(default)]
+    pub ordered: Vec<String>,
+    /// The source's rollback id (`replSetGetRBID`) when the task started; a change means the source
+    /// rolled back writes after a failover.
+    #[serde(default)]
+    pub rbid: Option<i64>,
+}
+
+/// An index the destination holds relaxed (non-unique, TTL paused) until cut-over.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RelaxedIndex {
+    pub ns: String,
+    pub name: String,
+    /// The source's index is unique.
+    pub unique: bool,
+    /// The source's index has `prepareUnique: true`.
+    pub prepare_unique: bool,
+    /// The source's `expireAfterSeconds` (extended JSON), when it is a TTL index.
+    pub ttl: Option<serde_json::Value>,
+    /// The source's whole spec (extended JSON), for a rebuild on servers without collMod conversion.
+    pub spec: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

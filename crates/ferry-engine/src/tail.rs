@@ -13,7 +13,7 @@ use mongodb::Collection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{pack, Ctx};
+use crate::context::{pack, Ctx, MAJORITY_UNBOUNDED};
 use crate::mongo::{self, error_code, Side};
 use crate::oplog::entry_ts;
 use crate::spool::SpoolWriter;
@@ -123,6 +123,9 @@ async fn read_oplog(
                     return Ok(());
                 }
             }
+            Err(TailError::Fatal(e @ EngineError::OplogRolledOver { .. })) => {
+                return Err(rolled_back_or(ctx, last, e).await)
+            }
             Err(TailError::Fatal(e)) => return Err(e),
             Err(TailError::Mongo(e)) if error_code(&e) == Some(136) => {
                 return Err(EngineError::OplogRolledOver {
@@ -152,6 +155,30 @@ async fn read_oplog(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The start point is gone: rolled back by a failover (the rollback id changed, or older entries are
+/// still there, reference §8.3) rather than rolled off the capped oplog.
+async fn rolled_back_or(ctx: &Ctx, last: OpTime, rolled_off: EngineError) -> EngineError {
+    let known = ctx.state().rbid;
+    let now = rollback_id(&ctx.src).await;
+    if let (Some(before), Some(now)) = (known, now) {
+        if before != now {
+            return EngineError::SourceRolledBack {
+                detail: format!(
+                    "replSetGetRBID changed from {before} to {now}; the entry at {last} is gone"
+                ),
+            };
+        }
+    }
+    match crate::plan::oplog_edge(&ctx.src, &ctx.cancel, ctx.retry_budget(), false).await {
+        Ok(Some(oldest)) if oldest < last => EngineError::SourceRolledBack {
+            detail: format!(
+                "the entry at {last} is gone while older entries (from {oldest}) remain"
+            ),
+        },
+        _ => rolled_off,
     }
 }
 
@@ -216,18 +243,70 @@ async fn tail_once(
     }
 }
 
-/// Polls the source's newest oplog `ts` every second for lag reporting.
+/// Polls the source every `MONITOR_EVERY`: its newest oplog `ts` (lag), its majority commit point (how
+/// far the applier may go, reference §8.5) and its rollback id (a change means writes were rolled back
+/// after a failover: the task fails, since entries it read may have been undone).
 pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
+    let mut warned = false;
     loop {
         match crate::plan::oplog_edge(&ctx.src, &done, ctx.retry_budget(), true).await {
             Ok(Some(t)) => ctx.live.source_newest.store(pack(t), Ordering::SeqCst),
             Ok(None) => return,
             Err(error) => tracing::debug!(%error, "cannot read the source's newest oplog entry"),
         }
+        match majority_point(&ctx.src).await {
+            Ok(Some(t)) => ctx.live.majority.store(pack(t), Ordering::SeqCst),
+            Ok(None) => {
+                if !warned {
+                    tracing::warn!(task_id = %ctx.cfg.task_id, "the source reports no majority commit point (hello.lastWrite.majorityOpTime): entries are applied as read, and a rollback after a failover cannot be excluded");
+                    warned = true;
+                }
+                ctx.live
+                    .majority
+                    .store(MAJORITY_UNBOUNDED, Ordering::SeqCst);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the source's majority commit point"),
+        }
+        let known = ctx.state().rbid;
+        if let (Some(before), Some(now)) = (known, rollback_id(&ctx.src).await) {
+            if now != before {
+                ctx.fail(EngineError::SourceRolledBack {
+                    detail: format!("replSetGetRBID changed from {before} to {now}"),
+                });
+                return;
+            }
+        }
         tokio::select! {
             _ = done.cancelled() => return,
             _ = ctx.cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(MONITOR_EVERY) => {}
         }
+    }
+}
+
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
+
+/// `hello.lastWrite.majorityOpTime.ts`; `Ok(None)` when the source does not report it.
+async fn majority_point(src: &mongodb::Client) -> Result<Option<OpTime>, mongodb::error::Error> {
+    let hello = src.database("admin").run_command(doc! {"hello": 1}).await?;
+    Ok(hello
+        .get_document("lastWrite")
+        .ok()
+        .and_then(|w| w.get_document("majorityOpTime").ok())
+        .and_then(|m| m.get_timestamp("ts").ok())
+        .map(OpTime::from_ts))
+}
+
+/// The source's rollback id (`replSetGetRBID`), if it answers.
+pub(crate) async fn rollback_id(src: &mongodb::Client) -> Option<i64> {
+    let reply = src
+        .database("admin")
+        .run_command(doc! {"replSetGetRBID": 1})
+        .await
+        .ok()?;
+    match reply.get("rbid")? {
+        mongodb::bson::Bson::Int32(n) => Some(i64::from(*n)),
+        mongodb::bson::Bson::Int64(n) => Some(*n),
+        _ => None,
     }
 }

@@ -255,14 +255,42 @@ pub async fn assert_equal(p: &Pair, dbs: &[&str]) -> Result<()> {
                     );
                 }
             }
-            let si = indexes(&p.src, db, name).await?;
-            let di = indexes(&p.dst, db, name).await?;
+            let si: Vec<Document> = indexes(&p.src, db, name)
+                .await?
+                .into_iter()
+                .map(canonical_index)
+                .collect();
+            let di: Vec<Document> = indexes(&p.dst, db, name)
+                .await?
+                .into_iter()
+                .map(canonical_index)
+                .collect();
             if si != di {
                 bail!("{db}.{name}: indexes differ:\n  source {si:?}\n  dest   {di:?}");
             }
         }
     }
     Ok(())
+}
+
+/// Index spec with its options in name order and whole numbers as Int64: `collMod` (which restores
+/// unique and TTL indexes at cut-over) rewrites options at the end of the spec and
+/// `expireAfterSeconds` as Int64 (mongodb/mongo `bson_collection_catalog_entry.cpp`); same index.
+pub fn canonical_index(mut spec: Document) -> Document {
+    let mut out = Document::new();
+    if let Some(key) = spec.remove("key") {
+        out.insert("key", key);
+    }
+    let mut rest: Vec<(String, mongodb::bson::Bson)> = spec.into_iter().collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in rest {
+        let v = match v {
+            mongodb::bson::Bson::Int32(n) => mongodb::bson::Bson::Int64(i64::from(n)),
+            other => other,
+        };
+        out.insert(k, v);
+    }
+    out
 }
 
 pub fn init_tracing() {
