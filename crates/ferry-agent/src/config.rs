@@ -192,6 +192,41 @@ pub struct Args {
     /// or "5m" (default 120s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retry_budget: Option<Duration>,
+    /// A tool to run instead of the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `ferry-agent` tools.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Applies oplog entries from FILE to a destination, in order, with exactly the engine's rules
+    /// (unique and TTL indexes relaxed as during a migration), and prints what it did with each.
+    /// When a task fails on an oplog entry, the agent saves that entry under
+    /// `<data-dir>/spool/<task>/failed-entries/` and the failure names the file: replay it here to
+    /// reproduce the failure.
+    Replay(ReplayArgs),
+}
+
+/// `ferry-agent replay` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Destination URI, e.g. mongodb://10.0.0.5:27017/?replicaSet=rs0 (credentials go in --username and
+    /// --password-file, never in the URI).
+    #[arg(long)]
+    pub destination_uri: String,
+    /// Destination user (authSource admin unless the URI says otherwise).
+    #[arg(long)]
+    pub username: Option<String>,
+    /// File holding the destination user's password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Database to apply (repeatable); default: every non-system database.
+    #[arg(long = "database")]
+    pub databases: Vec<String>,
+    /// Entries: one canonical extended JSON entry per line (`.jsonl`), or raw BSON documents
+    /// (`.bson`, byte-exact).
+    pub file: PathBuf,
 }
 
 /// Parses a size such as `1048576`, `512KiB`, `16MiB`, `8GiB`, `10MB` (decimal units) into bytes.

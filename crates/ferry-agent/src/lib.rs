@@ -13,6 +13,7 @@ pub mod config;
 mod convert;
 pub mod copy_rate;
 pub mod identity;
+pub mod replay;
 mod runner;
 mod session;
 mod work;
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use config::{AgentConfig, Args, LogFormat, Secret};
+pub use config::{AgentConfig, Args, Command, LogFormat, ReplayArgs, Secret};
 pub use runner::UNSUPPORTED;
 
 /// Capacity of the reports queue shared by all local tasks (survives reconnects).

@@ -4,11 +4,28 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry_agent::{AgentError, Args, LogFormat};
+use ferry_agent::{AgentError, Args, Command, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (config, log_format) = match Args::parse().into_config() {
+    let mut args = Args::parse();
+    if let Some(Command::Replay(replay)) = args.command.take() {
+        return match ferry_agent::replay::run(replay).await {
+            Ok((report, ok)) => {
+                print!("{report}");
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let (config, log_format) = match args.into_config() {
         Ok(parsed) => parsed,
         Err(error) => {
             eprintln!("error: {error}");

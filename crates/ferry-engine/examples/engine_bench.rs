@@ -67,6 +67,12 @@ struct Args {
     /// Skip the scan/insert ceiling measurements.
     #[arg(long)]
     no_ceilings: bool,
+    /// `oplog` mode workload: `plain` (inserts and `$inc` updates spread over the documents) or
+    /// `unique-hot` (the same rate on a collection with a unique secondary index: inserts with unique
+    /// emails, half the updates on 16 hot documents per writer, and a unique-value swap between two
+    /// documents every tick, `a.email=tmp; b.email=old_a; a.email=old_b`).
+    #[arg(long, default_value = "plain")]
+    workload: String,
 }
 
 async fn client(uri: &str, user: &str, password: &str) -> Result<Client> {
@@ -346,6 +352,12 @@ async fn oplog(
         control.clone(),
         tx,
     ));
+    let unique = args.workload == "unique-hot";
+    if unique {
+        src.database("bench")
+            .run_command(doc! {"createIndexes": "load", "indexes": [{"key": {"email": 1}, "name": "email_1", "unique": true}]})
+            .await?;
+    }
     let in_sync = Arc::new(AtomicBool::new(false));
     let applied = Arc::new(AtomicU64::new(0));
     {
@@ -387,20 +399,58 @@ async fn oplog(
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut next = w * 1_000_000_000;
+            let first = next;
+            let mut round = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let ins = per_tick / 2;
                 let docs: Vec<Document> = (next..next + ins)
-                    .map(|i| doc! {"_id": i as i64, "v": 0, "pad": "y".repeat(200)})
+                    .map(|i| doc! {"_id": i as i64, "v": 0, "email": format!("e{i}"), "pad": "y".repeat(200)})
                     .collect();
                 if !docs.is_empty() {
                     coll.insert_many(docs).await?;
                 }
-                let ids: Vec<i64> = (next..next + per_tick - ins)
-                    .map(|i| i.saturating_sub(ins) as i64)
-                    .collect();
-                coll.update_many(doc! {"_id": {"$in": ids}}, doc! {"$inc": {"v": 1}})
-                    .await?;
+                let mut updates = per_tick - ins;
+                if unique && next >= first + 16 {
+                    // One unique swap (3 updates) between two of this writer's documents.
+                    let a = first + 16 + round % (next - first - 16).max(1);
+                    let b = first + (round * 7) % 16;
+                    let ea = format!("e{a}");
+                    let eb = format!("e{b}");
+                    let (a, b) = (a as i64, b as i64);
+                    let cur = |id: i64| {
+                        let coll = coll.clone();
+                        async move {
+                            anyhow::Ok(
+                                coll.find_one(doc! {"_id": id})
+                                    .await?
+                                    .and_then(|d| d.get_str("email").ok().map(str::to_string)),
+                            )
+                        }
+                    };
+                    let ca = cur(a).await?.unwrap_or(ea);
+                    let cb = cur(b).await?.unwrap_or(eb);
+                    coll.update_one(doc! {"_id": a}, doc! {"$set": {"email": format!("tmp-{w}")}})
+                        .await?;
+                    coll.update_one(doc! {"_id": b}, doc! {"$set": {"email": &ca}})
+                        .await?;
+                    coll.update_one(doc! {"_id": a}, doc! {"$set": {"email": &cb}})
+                        .await?;
+                    updates = updates.saturating_sub(3);
+                    round += 1;
+                }
+                let ids: Vec<i64> = if unique {
+                    // Hot keys: this writer's first 16 documents.
+                    (0..updates).map(|k| (first + k % 16) as i64).collect()
+                } else {
+                    (next..next + updates)
+                        .map(|i| i.saturating_sub(ins) as i64)
+                        .collect()
+                };
+                for chunk in ids.chunks(16) {
+                    coll.update_many(doc! {"_id": {"$in": chunk.to_vec()}}, doc! {"$inc": {"v": 1}})
+                        .await?;
+                }
                 next += ins.max(1);
                 written.fetch_add(per_tick, Ordering::Relaxed);
             }
@@ -446,7 +496,8 @@ async fn oplog(
             .unwrap_or(0.0)
     };
     println!(
-        "oplog_apply: target_rate={} achieved_write_rate={:.0} apply_entries_per_s={:.0} lag_p50_ms={:.0} lag_p99_ms={:.0} probes={} peak_rss_mib={:.0}",
+        "oplog_apply: workload={} target_rate={} achieved_write_rate={:.0} apply_entries_per_s={:.0} lag_p50_ms={:.0} lag_p99_ms={:.0} probes={} peak_rss_mib={:.0}",
+        args.workload,
         args.rate,
         written.load(Ordering::Relaxed) as f64 / secs,
         applied_total.saturating_sub(start_applied) as f64 / secs,

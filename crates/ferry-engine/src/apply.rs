@@ -209,6 +209,14 @@ impl Applier {
         else {
             return error;
         };
+        if self.ctx.cfg.spool_dir.as_os_str().is_empty() {
+            // Outside a task (replay, tests): nothing to keep.
+            return EngineError::Apply {
+                ts,
+                namespace,
+                detail,
+            };
+        }
         let entry = raws
             .iter()
             .find(|r| entry_ts(r).map(|t| t.to_string()) == Ok(ts.clone()));

@@ -305,3 +305,142 @@ async fn transaction_samples_apply_only_when_committed() -> Result<()> {
     assert_eq!(n, inner(&partial) + inner(&prepare));
     Ok(())
 }
+
+fn t(i: u32) -> Timestamp {
+    Timestamp {
+        time: 1_700_000_100,
+        increment: i,
+    }
+}
+
+fn uuid(b: u8) -> Bson {
+    Bson::Binary(mongodb::bson::Binary {
+        subtype: mongodb::bson::spec::BinarySubtype::Uuid,
+        bytes: vec![b; 16],
+    })
+}
+
+/// The shapes of issue #8 exactly as a 7.0 primary logs them, each applied to a matching pre-image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_server_shapes_apply_to_their_pre_images() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    let ep = endpoint(&p);
+    let all: Vec<String> = Vec::new();
+    put(&p, "app.items", doc! {"_id": 1, "a": 1}).await;
+
+    // Views: CRUD on <db>.system.views (durable_view_catalog.cpp), no command entry.
+    let view = doc! {"_id": "app.v", "viewOn": "items", "pipeline": [{"$match": {"a": 1}}]};
+    apply_oplog_entries(&ep, &all, &[doc! {"op": "i", "ns": "app.system.views", "ui": uuid(1), "o": view.clone(), "o2": {"_id": "app.v"}, "ts": t(1)}]).await?;
+    let opts = |names: Vec<Document>| {
+        names
+            .into_iter()
+            .find(|c| c.get_str("name").ok() == Some("v"))
+            .map(|c| c.get_document("options").unwrap().clone())
+    };
+    let v = opts(collections(&p.dst, "app").await?).unwrap();
+    assert_eq!(v.get_array("pipeline")?.len(), 1);
+    let changed = doc! {"_id": "app.v", "viewOn": "items", "pipeline": []};
+    apply_oplog_entries(&ep, &all, &[doc! {"op": "u", "ns": "app.system.views", "ui": uuid(1), "o": changed, "o2": {"_id": "app.v"}, "ts": t(2)}]).await?;
+    let v = opts(collections(&p.dst, "app").await?).unwrap();
+    assert!(v.get_array("pipeline")?.is_empty(), "{v}");
+    apply_oplog_entries(&ep, &all, &[doc! {"op": "d", "ns": "app.system.views", "ui": uuid(1), "o": {"_id": "app.v"}, "ts": t(3)}]).await?;
+    assert!(opts(collections(&p.dst, "app").await?).is_none());
+
+    // TTL and multi deletes since 6.1: one applyOps without lsid (op_observer_impl.cpp,
+    // onBatchedWriteCommit), applied at once.
+    for i in 10..13 {
+        put(&p, "app.items", doc! {"_id": i}).await;
+    }
+    let batched = doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [
+        {"op": "d", "ns": "app.items", "ui": uuid(2), "o": {"_id": 10}},
+        {"op": "d", "ns": "app.items", "ui": uuid(2), "o": {"_id": 11}},
+    ]}, "ts": t(4)};
+    apply_oplog_entries(&ep, &all, &[batched]).await?;
+    assert!(get(&p, "app.items", Bson::Int32(10)).await.is_none());
+    assert!(get(&p, "app.items", Bson::Int32(12)).await.is_some());
+
+    // A large unprepared transaction: partialTxn links, then the terminal entry with count
+    // (transaction_operations.cpp); nothing applies before the terminal one.
+    let lsid = doc! {"id": uuid(3), "uid": Bson::Binary(mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: vec![0; 32] })};
+    let link = |i: u32, ops: Vec<Document>, last: bool| {
+        let mut o = doc! {"applyOps": ops};
+        if last {
+            o.insert("count", 3i64);
+        } else {
+            o.insert("partialTxn", true);
+        }
+        doc! {"op": "c", "ns": "admin.$cmd", "lsid": lsid.clone(), "txnNumber": 7i64, "o": o, "ts": t(i),
+        "prevOpTime": {"ts": if i == 5 { Timestamp { time: 0, increment: 0 } } else { t(i - 1) }, "t": if i == 5 { -1i64 } else { 1i64 }}}
+    };
+    let ins = |id: i32| doc! {"op": "i", "ns": "app.txn", "ui": uuid(4), "o": {"_id": id}, "o2": {"_id": id}};
+    apply_oplog_entries(
+        &ep,
+        &all,
+        &[link(5, vec![ins(1)], false), link(6, vec![ins(2)], false)],
+    )
+    .await?;
+    assert!(get(&p, "app.txn", Bson::Int32(1)).await.is_none());
+    apply_oplog_entries(
+        &ep,
+        &all,
+        &[
+            link(5, vec![ins(1)], false),
+            link(6, vec![ins(2)], false),
+            link(7, vec![ins(3)], true),
+        ],
+    )
+    .await?;
+    for id in 1..=3 {
+        assert!(get(&p, "app.txn", Bson::Int32(id)).await.is_some());
+    }
+
+    // Cross-database rename (rename_collection.cpp, renameBetweenDBs): temp collection in the target
+    // database, batched inserts, same-database rename onto the target, drop of the source.
+    put(&p, "a.x", doc! {"_id": 1}).await;
+    put(&p, "a.x", doc! {"_id": 2}).await;
+    let tmp = "tmpAb3c9.renameCollection";
+    let rename = vec![
+        doc! {"op": "c", "ns": "b.$cmd", "ui": uuid(5), "o": {"create": tmp, "temp": true, "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}, "ts": t(8)},
+        doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [
+            {"op": "i", "ns": format!("b.{tmp}"), "ui": uuid(5), "o": {"_id": 1}, "o2": {"_id": 1}},
+            {"op": "i", "ns": format!("b.{tmp}"), "ui": uuid(5), "o": {"_id": 2}, "o2": {"_id": 2}},
+        ]}, "ts": t(9)},
+        doc! {"op": "c", "ns": "b.$cmd", "ui": uuid(5), "o": {"renameCollection": format!("b.{tmp}"), "to": "b.y", "stayTemp": false}, "ts": t(10)},
+        doc! {"op": "c", "ns": "a.$cmd", "ui": uuid(6), "o": {"drop": "x"}, "o2": {"numRecords": 2}, "ts": t(11)},
+    ];
+    apply_oplog_entries(&ep, &all, &rename).await?;
+    assert!(p
+        .dst
+        .database("a")
+        .list_collection_names()
+        .await?
+        .is_empty());
+    assert_eq!(
+        p.dst.database("b").list_collection_names().await?,
+        vec!["y".to_string()]
+    );
+    let y = collections(&p.dst, "b").await?;
+    assert!(
+        y[0].get_document("options")?.get("temp").is_none(),
+        "created as an ordinary collection"
+    );
+    assert_eq!(
+        p.dst
+            .database("b")
+            .collection::<Document>("y")
+            .count_documents(doc! {})
+            .await?,
+        2
+    );
+
+    // A time-series collection (create_collection.cpp, _createTimeseries): refused, never dropped.
+    let ts_create = doc! {"op": "c", "ns": "app.$cmd", "ui": uuid(7), "o": {"create": "system.buckets.m",
+    "validator": {"$jsonSchema": {"bsonType": "object"}}, "clusteredIndex": true,
+    "timeseries": {"timeField": "t", "granularity": "seconds", "bucketMaxSpanSeconds": 3600}}, "ts": t(12)};
+    let err = apply_oplog_entries(&ep, &all, &[ts_create])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("time-series"), "{err}");
+    Ok(())
+}

@@ -723,3 +723,49 @@ async fn writes_above_the_majority_point_wait_and_a_rollback_fails_the_task() ->
     assert!(dc.find_one(doc! {"_id": 2}).await?.is_none());
     Ok(())
 }
+
+/// An entry the applier fails on is kept (extended JSON and raw BSON) under the task's spool dir, and
+/// the failure names the file so support can replay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_a_task_fails_on_is_saved_and_named() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    p.src
+        .database("app")
+        .collection::<Document>("users")
+        .insert_one(doc! {"_id": 1, "email": "a"})
+        .await?;
+    // The destination already has the collection with a unique index of its own and a document
+    // holding the value the source will write next.
+    let du = p.dst.database("app").collection::<Document>("users");
+    du.insert_one(doc! {"_id": 99, "email": "b"}).await?;
+    p.dst
+        .database("app")
+        .run_command(doc! {"createIndexes": "users", "indexes": [{"key": {"email": 1}, "name": "email_1", "unique": true}]})
+        .await?;
+    let run = start(p.config(&["app"]), None);
+    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
+        s.phases.contains(&ferry_engine::Phase::OplogSync)
+    })
+    .await?;
+    p.src
+        .database("app")
+        .collection::<Document>("users")
+        .insert_one(doc! {"_id": 2, "email": "b"})
+        .await?;
+    let err = run.finish(Duration::from_secs(30)).await?.unwrap_err();
+    let msg = err.to_string();
+    let start = msg.find("entry saved to ").expect(&msg) + "entry saved to ".len();
+    let path = msg[start..].split(';').next().unwrap().trim();
+    let saved = ferry_engine::read_entries(std::path::Path::new(path))?;
+    assert_eq!(saved.len(), 1);
+    let entry = Document::try_from(saved[0].as_ref())?;
+    assert_eq!(entry.get_str("op")?, "i");
+    assert_eq!(entry.get_document("o")?, &doc! {"_id": 2, "email": "b"});
+    let raw_copy = std::path::Path::new(path).with_extension("bson");
+    assert_eq!(
+        ferry_engine::read_entries(&raw_copy)?[0].as_bytes(),
+        saved[0].as_bytes()
+    );
+    Ok(())
+}
