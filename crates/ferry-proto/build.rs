@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
         "ferry/v1/common.proto",
+        "ferry/v1/verification.proto",
         "ferry/v1/migration.proto",
         "ferry/v1/agent.proto",
     ];

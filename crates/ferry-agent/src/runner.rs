@@ -217,6 +217,9 @@ impl TaskRunner {
                 crate::work::list_databases(self, task_id, epoch, command)
             }
             Body::ReportRejected(rejected) => self.on_report_rejected(&task_id, &rejected),
+            Body::StartVerification(command) => {
+                crate::work::start_verification(self, task_id, epoch, command)
+            }
         }
     }
 

@@ -233,5 +233,6 @@ pub(crate) fn body_kind(body: Option<&coordinator_message::Body>) -> &'static st
         Some(Body::StopMigration(_)) => "stop_migration",
         Some(Body::ListDatabases(_)) => "list_databases",
         Some(Body::ReportRejected(_)) => "report_rejected",
+        Some(Body::StartVerification(_)) => "start_verification",
     }
 }

@@ -640,3 +640,14 @@ mod tests {
         assert_eq!(crate::copy_rate::load(dir.path()), Some(measured));
     }
 }
+
+/// StartVerification: runs the product verifier (wired in with the verifier crate).
+pub(crate) fn start_verification(
+    runner: &TaskRunner,
+    task_id: String,
+    epoch: u64,
+    command: ferry_proto::v1::StartVerification,
+) {
+    let _ = (runner, epoch, command);
+    warn!(%task_id, "verification requested but not available in this build yet");
+}

@@ -52,6 +52,7 @@ pub fn spec_input(spec: Option<pb::TaskSpec>) -> TaskSpecInput {
         password: Secret::new(spec.password),
         destination_instance_id: spec.destination_instance_id,
         databases: spec.databases,
+        require_verification: spec.require_verification,
     }
 }
 
@@ -91,6 +92,7 @@ pub fn spec_to_pb(spec: &TaskSpec, with_password: bool) -> pb::TaskSpec {
         },
         destination_instance_id: spec.destination_instance_id.to_string(),
         databases: spec.databases.clone(),
+        require_verification: spec.require_verification,
     }
 }
 
@@ -264,6 +266,10 @@ pub fn task_to_pb(task: &Task, agent_connected: bool) -> pb::Task {
         agent_connected,
         epoch: task.epoch.0,
         checkpoint: task.checkpoint.as_ref().map(checkpoint_to_pb),
+        verification: task
+            .verification
+            .as_ref()
+            .map(crate::verification::verification_to_pb),
     }
 }
 

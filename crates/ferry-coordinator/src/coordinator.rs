@@ -205,7 +205,10 @@ impl Coordinator {
     // ---- tasks ----
 
     /// Catalog checks on a validated spec: the destination exists, and a CVM task is in its region.
-    async fn check_destination(&self, spec: &TaskSpec) -> Result<Instance, ServiceError> {
+    pub(crate) async fn check_destination(
+        &self,
+        spec: &TaskSpec,
+    ) -> Result<Instance, ServiceError> {
         let dest_id = spec.destination_instance_id.clone();
         let instance = self
             .db(move |s| s.get_instance(&dest_id))
@@ -372,18 +375,46 @@ impl Coordinator {
         Ok(task)
     }
 
-    pub async fn complete_task(&self, raw_id: &str) -> Result<Task, ServiceError> {
+    /// CompleteTask. With `require_verification` (or the spec's default) the cut-over ends with a verification
+    /// run (source quiescent) and the task succeeds only if it passes.
+    pub async fn complete_task(
+        &self,
+        raw_id: &str,
+        require_verification: bool,
+    ) -> Result<Task, ServiceError> {
         let id = Self::parse_task_id(raw_id)?;
         let _guard = self.write_lock.lock().await;
         let mut task = self.load_task(&id).await?;
-        task.apply(Action::Complete, now_ms())?;
+        let now = now_ms();
+        task.apply(Action::Complete, now)?;
+        task.verify_at_cut_over = require_verification || task.spec.require_verification;
+        if task.verify_at_cut_over {
+            let key = task.id.clone();
+            self.db(move |s| s.delete_mismatches(&key)).await?;
+            task.verification = Some(ferry_core::Verification::start(
+                task.verification.as_ref(),
+                ferry_core::VerifyMode::Full,
+                true,
+                now,
+            ));
+        }
         self.save_task(&task).await?;
-        self.send_command(
-            &task,
-            pb::coordinator_message::Body::CompleteMigration(pb::CompleteMigration {}),
-        );
-        tracing::info!(task_id = %task.id, "task completing");
+        self.send_command(&task, self.complete_command(&task));
+        tracing::info!(task_id = %task.id, verify = task.verify_at_cut_over, "task completing");
         Ok(task)
+    }
+
+    /// The CompleteMigration command of a COMPLETING task.
+    pub(crate) fn complete_command(&self, task: &Task) -> pb::coordinator_message::Body {
+        let (mode, run) = match (&task.verification, task.verify_at_cut_over) {
+            (Some(v), true) => (crate::verification::mode_to_pb(v.mode) as i32, v.run),
+            _ => (0, 0),
+        };
+        pb::coordinator_message::Body::CompleteMigration(pb::CompleteMigration {
+            verify: task.verify_at_cut_over,
+            mode,
+            run,
+        })
     }
 
     pub async fn stop_task(&self, raw_id: &str) -> Result<Task, ServiceError> {

@@ -42,6 +42,7 @@ impl Coordinator {
 
     /// Sends what the agent needs to (re)start the work of the task's current state.
     pub(crate) fn send_for_state(&self, task: &Task, destination: &Instance) {
+        let instance = destination;
         let spec = Some(convert::spec_to_pb(&task.spec, true));
         let destination = Some(convert::destination_to_pb(destination));
         let checkpoint = task.checkpoint.as_ref().map(convert::checkpoint_to_pb);
@@ -65,15 +66,19 @@ impl Coordinator {
                     task,
                     Body::StartMigration(pb::StartMigration {
                         spec,
-                        destination,
+                        destination: destination.clone(),
                         checkpoint,
                     }),
                 );
                 if task.state == TaskState::Completing {
                     // A cut-over requested before this (re)assignment still has to happen.
-                    self.send_command(task, Body::CompleteMigration(pb::CompleteMigration {}));
+                    self.send_command(task, self.complete_command(task));
+                } else {
+                    // An online verification still running resumes from its checkpoint.
+                    self.send_verification(task, instance);
                 }
             }
+            TaskState::Succeeded => self.send_verification(task, instance),
             TaskState::Stopping => {
                 self.send_command(
                     task,
@@ -95,7 +100,14 @@ impl Coordinator {
         let _guard = self.write_lock.lock().await;
         let tasks = self.db(|s| s.list_tasks()).await?;
         let connected = self.registry.connected();
-        for task in tasks.iter().filter(|t| t.state.is_active()) {
+        // Active tasks, and finished ones whose verification run still needs an agent.
+        let verifying = |t: &Task| {
+            t.state == TaskState::Succeeded
+                && t.verification.as_ref().is_some_and(|v| {
+                    v.state == ferry_core::VerificationState::Running && !v.at_cut_over
+                })
+        };
+        for task in tasks.iter().filter(|t| t.state.is_active() || verifying(t)) {
             let orphan = task
                 .agent_id
                 .as_ref()

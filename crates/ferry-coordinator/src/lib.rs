@@ -17,6 +17,7 @@ mod registry;
 mod reports;
 mod scheduler;
 mod server;
+mod verification;
 
 pub use config::{Config, FileConfig, TlsPem};
 pub use error::ServiceError;

@@ -132,8 +132,33 @@ impl MigrationService for MigrationApi {
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let task = self.core.complete_task(&req.into_inner().task_id).await?;
+        let r = req.into_inner();
+        let task = self
+            .core
+            .complete_task(&r.task_id, r.require_verification)
+            .await?;
         Ok(Response::new(self.core.task_to_pb(&task)))
+    }
+
+    async fn verify_task(
+        &self,
+        req: Request<pb::VerifyTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let r = req.into_inner();
+        let task = self.core.verify_task(&r.task_id, r.mode).await?;
+        Ok(Response::new(self.core.task_to_pb(&task)))
+    }
+
+    async fn list_mismatches(
+        &self,
+        req: Request<pb::ListMismatchesRequest>,
+    ) -> Result<Response<pb::ListMismatchesResponse>, Status> {
+        let r = req.into_inner();
+        let page = self
+            .core
+            .list_mismatches(&r.task_id, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(page))
     }
 
     async fn stop_task(

@@ -75,7 +75,18 @@ impl Coordinator {
             self.reject(agent_id, &msg.task_id, task.epoch.0, &reason);
             return Ok(());
         }
-        match apply(&mut task, body) {
+        if let Body::Verification(report) = body {
+            if self.apply_verification_report(&mut task, report).await? {
+                self.save_task(&task).await?;
+            }
+            return Ok(());
+        }
+        let persist = apply(&mut task, body);
+        if end_verification_with_task(&mut task) {
+            self.save_task(&task).await?;
+            return Ok(());
+        }
+        match persist {
             Persist::Now => self.save_task(&task).await?,
             Persist::Lazy => {
                 let copy = task.clone();
@@ -292,9 +303,30 @@ fn apply(task: &mut Task, body: Body) -> Persist {
             };
             changed(task.on_event(Event::CommandError, &reason, false, now))
         }
-        Body::Hello(_) | Body::Heartbeat(_) | Body::Databases(_) => Persist::Nothing,
+        Body::Hello(_) | Body::Heartbeat(_) | Body::Databases(_) | Body::Verification(_) => {
+            Persist::Nothing
+        }
     }
     .log(task, state_before)
+}
+
+/// A task that failed (or was stopped) ends the verification run it had going. True when it changed.
+fn end_verification_with_task(task: &mut Task) -> bool {
+    if task.state != ferry_core::TaskState::Failed {
+        return false;
+    }
+    let Some(v) = task.verification.as_mut() else {
+        return false;
+    };
+    if v.state != ferry_core::VerificationState::Running {
+        return false;
+    }
+    v.state = ferry_core::VerificationState::Failed;
+    v.finish_time_ms = Some(now_ms());
+    let mut report = <pb::Verification as Message>::decode(v.report.as_slice()).unwrap_or_default();
+    report.detail = format!("ended with the task: {}", task.failure_reason);
+    v.report = report.encode_to_vec();
+    true
 }
 
 fn changed(yes: bool) -> Persist {

@@ -77,6 +77,7 @@ mod tests {
             password: Secret::default(),
             destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
             databases: vec![],
+            require_verification: false,
         };
         Task::new(TaskId::generate(), spec, 0)
     }
@@ -144,6 +145,7 @@ mod properties {
             password: Secret::default(),
             destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
             databases: vec![],
+            require_verification: false,
         };
         let mut t = Task::new(TaskId::generate(), spec, 0);
         t.agent_id = agent;

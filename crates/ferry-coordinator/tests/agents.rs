@@ -450,6 +450,7 @@ async fn watch_task_streams_changes_until_the_end_and_never_a_password() {
     let e = agent.recv().await.epoch;
     op.complete_task(pb::CompleteTaskRequest {
         task_id: id.clone(),
+        require_verification: false,
     })
     .await
     .unwrap();

@@ -18,4 +18,7 @@ pub use ids::{AgentId, CvmId, Epoch, InstanceId, TaskId};
 pub use secret::Secret;
 pub use spec::{Instance, InstanceInput, TaskKind, TaskSpec, TaskSpecInput, SYSTEM_DATABASES};
 pub use state::{Action, Event, TaskState};
-pub use task::{CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, STOPPED_BY_OPERATOR};
+pub use task::{
+    CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, Verification, VerificationState,
+    VerifyMode, STOPPED_BY_OPERATOR,
+};

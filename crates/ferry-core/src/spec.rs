@@ -40,6 +40,7 @@ pub struct TaskSpecInput {
     pub password: Secret,
     pub destination_instance_id: String,
     pub databases: Vec<String>,
+    pub require_verification: bool,
 }
 
 /// A validated task spec.
@@ -59,6 +60,9 @@ pub struct TaskSpec {
     pub destination_instance_id: InstanceId,
     /// Empty means every non-system database.
     pub databases: Vec<String>,
+    /// CompleteTask verifies the destination before the task succeeds (as if every CompleteTask asked).
+    #[serde(default)]
+    pub require_verification: bool,
 }
 
 impl TryFrom<TaskSpecInput> for TaskSpec {
@@ -121,6 +125,7 @@ impl TryFrom<TaskSpecInput> for TaskSpec {
             password: input.password,
             destination_instance_id,
             databases: input.databases,
+            require_verification: input.require_verification,
         })
     }
 }
@@ -294,6 +299,7 @@ mod tests {
             password: Secret::new("pw"),
             destination_instance_id: "cmgo-6wk2mxa1".into(),
             databases: vec!["shop".into()],
+            require_verification: false,
         }
     }
 

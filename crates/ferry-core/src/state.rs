@@ -122,15 +122,18 @@ pub enum Action {
     Start,
     Complete,
     Stop,
+    /// Runs the product verifier; the state does not change.
+    Verify,
 }
 
 impl Action {
     /// Every action, in the order they are listed to operators.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Check,
         Action::Start,
         Action::Complete,
         Action::Stop,
+        Action::Verify,
         Action::Update,
         Action::Delete,
     ];
@@ -144,6 +147,7 @@ impl Action {
             Action::Start => "StartTask",
             Action::Complete => "CompleteTask",
             Action::Stop => "StopTask",
+            Action::Verify => "VerifyTask",
         }
     }
 
@@ -165,6 +169,8 @@ impl Action {
             (Action::Complete, S::Running) => Some(S::Completing),
             (Action::Stop, S::Checking) => Some(S::Failed),
             (Action::Stop, S::Running | S::Completing) => Some(S::Stopping),
+            // Online while the migration runs (the coordinator also requires OPLOG_SYNC), or after the cut-over.
+            (Action::Verify, S::Running | S::Succeeded) => Some(from),
             _ => None,
         }
     }
@@ -271,15 +277,19 @@ mod tests {
         }
 
         #[test]
-        fn terminal_states_only_allow_delete_unless_resumable(i in 0usize..9) {
+        fn terminal_states_only_allow_delete_and_verify_unless_resumable(i in 0usize..9) {
             let s = TaskState::ALL[i];
-            if s.is_terminal() {
-                prop_assert_eq!(s.allowed_actions(false), vec![Action::Delete]);
+            match s {
+                TaskState::Succeeded => {
+                    prop_assert_eq!(s.allowed_actions(false), vec![Action::Verify, Action::Delete])
+                }
+                TaskState::Failed => prop_assert_eq!(s.allowed_actions(false), vec![Action::Delete]),
+                _ => {}
             }
         }
 
         #[test]
-        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..6, resumable: bool) {
+        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..7, resumable: bool) {
             let s = TaskState::ALL[i];
             let a = Action::ALL[j];
             let resumable = resumable && s == TaskState::Failed;

@@ -82,6 +82,70 @@ pub struct Task {
     /// Bumped and persisted before every command sent for a new assignment.
     pub epoch: Epoch,
     pub checkpoint: Option<Checkpoint>,
+    /// The newest verification run.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    /// The cut-over in progress must pass a verification before the task succeeds.
+    #[serde(default)]
+    pub verify_at_cut_over: bool,
+}
+
+/// State of a verification run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VerificationState {
+    Running,
+    Passed,
+    Failed,
+}
+
+/// How the verifier compares documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum VerifyMode {
+    #[default]
+    Full,
+    Hashed,
+}
+
+/// The product verifier's newest run on a task (its mismatches are stored apart, by run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Increases with every run.
+    pub run: u64,
+    pub state: VerificationState,
+    pub mode: VerifyMode,
+    /// Run by the cut-over (source quiescent); it decides whether the task succeeds.
+    pub at_cut_over: bool,
+    /// The agent's last report (an encoded `ferry.v1.Verification`), passed through to operators.
+    pub report: Vec<u8>,
+    /// Verifier-private resume state, handed back when the run is resumed.
+    pub checkpoint: Vec<u8>,
+    /// Confirmed mismatches stored for this run (ListMismatches pages through them).
+    pub stored_mismatches: u64,
+    /// Unix milliseconds.
+    pub start_time_ms: i64,
+    pub finish_time_ms: Option<i64>,
+}
+
+impl Verification {
+    /// A new run after `previous`.
+    pub fn start(
+        previous: Option<&Verification>,
+        mode: VerifyMode,
+        at_cut_over: bool,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            run: previous.map_or(1, |v| v.run + 1),
+            state: VerificationState::Running,
+            mode,
+            at_cut_over,
+            report: Vec::new(),
+            checkpoint: Vec::new(),
+            stored_mismatches: 0,
+            start_time_ms: now_ms,
+            finish_time_ms: None,
+        }
+    }
 }
 
 impl Task {
@@ -101,6 +165,8 @@ impl Task {
             agent_id: None,
             epoch: Epoch::default(),
             checkpoint: None,
+            verification: None,
+            verify_at_cut_over: false,
         }
     }
 
@@ -216,6 +282,7 @@ mod tests {
             password: Secret::default(),
             destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
             databases: vec![],
+            require_verification: false,
         };
         Task::new(TaskId::generate(), spec, 1)
     }

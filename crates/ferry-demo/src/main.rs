@@ -209,6 +209,7 @@ async fn drive(
         password: SOURCE_PASSWORD.into(),
         destination_instance_id: INSTANCE_ID.into(),
         databases: dataset::DATABASES.iter().map(|s| s.to_string()).collect(),
+        require_verification: false,
     };
     let task = api
         .create_task(pb::CreateTaskRequest { spec: Some(spec) })
@@ -303,6 +304,7 @@ async fn drive(
     say("application stopped writing (cut-over); CompleteTask");
     api.complete_task(pb::CompleteTaskRequest {
         task_id: task_id.clone(),
+        require_verification: false,
     })
     .await?;
     let done = wait_until(api, &task_id, Duration::from_secs(300), |t| {

@@ -32,6 +32,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 const TASKS: &str = "tasks";
 const INSTANCES: &str = "instances";
 const AGENTS: &str = "agents";
+const MISMATCHES: &str = "mismatches";
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -71,6 +72,9 @@ pub struct Store {
     tasks: sled::Tree,
     instances: sled::Tree,
     agents: sled::Tree,
+    /// Verification mismatches: key `<task id> 0x00 <run u64 BE> <seq u64 BE>`, value an encoded
+    /// `ferry.v1.Mismatch` (opaque here).
+    mismatches: sled::Tree,
     secrets: SecretBox,
 }
 
@@ -105,9 +109,69 @@ impl Store {
             tasks: db.open_tree(TASKS)?,
             instances: db.open_tree(INSTANCES)?,
             agents: db.open_tree(AGENTS)?,
+            mismatches: db.open_tree(MISMATCHES)?,
             db,
             secrets,
         })
+    }
+
+    /// Stores mismatches of a task's verification run `run`, numbered from `first_seq` (lazy durability:
+    /// the task record that counts them is written with `put_task` right after).
+    pub fn put_mismatches(
+        &self,
+        task: &TaskId,
+        run: u64,
+        first_seq: u64,
+        mismatches: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (i, m) in mismatches.iter().enumerate() {
+            batch.insert(mismatch_key(task, run, first_seq + i as u64), m.as_slice());
+        }
+        self.mismatches.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Up to `limit` mismatches of run `run` with a sequence number of at least `from_seq`, in order.
+    pub fn list_mismatches(
+        &self,
+        task: &TaskId,
+        run: u64,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let prefix = mismatch_prefix(task, run);
+        let mut out = Vec::new();
+        for item in self
+            .mismatches
+            .range(mismatch_key(task, run, from_seq)..)
+            .take(limit)
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let seq = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            out.push((seq, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every stored mismatch of a task (all runs).
+    pub fn delete_mismatches(&self, task: &TaskId) -> Result<(), StoreError> {
+        let mut prefix = task.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = sled::Batch::default();
+        for item in self.mismatches.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        self.mismatches.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Writes a task and makes it durable before returning.
@@ -148,6 +212,7 @@ impl Store {
     /// Removes a task durably; returns whether it existed.
     pub fn delete_task(&self, id: &TaskId) -> Result<bool, StoreError> {
         let existed = self.tasks.remove(id.as_str())?.is_some();
+        self.delete_mismatches(id)?;
         self.db.flush()?;
         Ok(existed)
     }
@@ -253,6 +318,19 @@ impl Store {
         instance.password = self.open_secret(stored.password.as_ref())?;
         Ok(instance)
     }
+}
+
+fn mismatch_prefix(task: &TaskId, run: u64) -> Vec<u8> {
+    let mut k = task.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&run.to_be_bytes());
+    k
+}
+
+fn mismatch_key(task: &TaskId, run: u64, seq: u64) -> Vec<u8> {
+    let mut k = mismatch_prefix(task, run);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {

@@ -103,3 +103,23 @@ fn a_wrong_key_cannot_open_secrets() {
     let store = Store::open(dir.path()).unwrap();
     assert!(matches!(store.get_task(&task.id), Err(StoreError::Crypto)));
 }
+
+#[test]
+fn mismatches_page_by_run_and_go_with_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = TaskId::parse("task_id", "task-aaaaaaaaaaaa").unwrap();
+    let b = TaskId::parse("task_id", "task-bbbbbbbbbbbb").unwrap();
+    let items: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i]).collect();
+    store.put_mismatches(&a, 1, 0, &items).unwrap();
+    store.put_mismatches(&a, 2, 0, &items[..2]).unwrap();
+    store.put_mismatches(&b, 1, 0, &items[..1]).unwrap();
+    let page = store.list_mismatches(&a, 1, 0, 3).unwrap();
+    assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let rest = store.list_mismatches(&a, 1, 3, 10).unwrap();
+    assert_eq!(rest, vec![(3, vec![3]), (4, vec![4])]);
+    assert_eq!(store.list_mismatches(&a, 2, 0, 10).unwrap().len(), 2);
+    store.delete_mismatches(&a).unwrap();
+    assert!(store.list_mismatches(&a, 1, 0, 10).unwrap().is_empty());
+    assert_eq!(store.list_mismatches(&b, 1, 0, 10).unwrap().len(), 1);
+}

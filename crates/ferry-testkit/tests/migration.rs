@@ -163,6 +163,7 @@ impl World {
             password: SOURCE_PASSWORD.into(),
             destination_instance_id: INSTANCE_ID.into(),
             databases: vec!["shop".into()],
+            require_verification: false,
         };
         let mut api = self.api.clone();
         let task = api
@@ -287,6 +288,7 @@ async fn check_start_restart_agent_complete() {
 
     api.complete_task(pb::CompleteTaskRequest {
         task_id: task_id.clone(),
+        require_verification: false,
     })
     .await
     .unwrap();
@@ -391,6 +393,7 @@ async fn a_pool_agent_runs_public_network_checks() {
         password: SOURCE_PASSWORD.into(),
         destination_instance_id: INSTANCE_ID.into(),
         databases: Vec::new(),
+        require_verification: false,
     };
     let task = api
         .create_task(pb::CreateTaskRequest { spec: Some(spec) })

@@ -200,13 +200,46 @@ pub enum TaskCommand {
     /// its last checkpoint.
     Start { task_id: String },
     /// Cut over: apply the source's oplog up to now, then succeed.
-    Complete { task_id: String },
+    Complete {
+        task_id: String,
+        /// Verify the destination after the cut-over (source quiescent) and succeed only if it passes; with
+        /// mismatches the task fails resumable and `task mismatches` lists them.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Verify the destination against the source with the built-in verifier: online while the task is in
+    /// OPLOG_SYNC (lagging documents are rechecked until they converge), or after it SUCCEEDED.
+    Verify {
+        task_id: String,
+        /// `full` compares every document; `hashed` compares range hashes first.
+        #[arg(long, value_enum, default_value = "full")]
+        mode: VerifyModeArg,
+        /// Wait for the verdict, with a progress bar and a per-collection table; exit 4 when it FAILED.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the confirmed mismatches of the task's newest verification run.
+    Mismatches {
+        task_id: String,
+        /// At most 1000; default 100.
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
     /// Stop the task (running, or FAILED and resumable) and roll back what it created on the destination.
     Stop { task_id: String },
     /// Follow state, phase and progress live until the task ends.
     Watch { task_id: String },
     /// List the source's databases and sizes (asks the task's agent).
     Databases { task_id: String },
+}
+
+/// Verifier mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyModeArg {
+    Full,
+    Hashed,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,8 @@
 //!
 //! Exit codes: 0 success; 1 the coordinator returned an error (the gRPC code and message are printed); 2 usage
 //! error (bad flags, unreadable token or password file); 3 the coordinator could not be reached; 4 the watched task
-//! ended FAILED or its checks failed (`task watch`, `task check --wait`).
+//! ended FAILED or its checks failed (`task watch`, `task check --wait`), or a verification did not pass
+//! (`task verify --wait`).
 
 pub mod cli;
 pub mod client;
@@ -18,8 +19,9 @@ use std::io::IsTerminal;
 use ferry_proto::v1::{
     CheckTaskRequest, CompleteTaskRequest, CreateTaskRequest, DeleteInstanceRequest,
     DeleteTaskRequest, GetTaskRequest, Instance, ListAgentsRequest, ListInstancesRequest,
-    ListSourceDatabasesRequest, ListTasksRequest, RegisterInstanceRequest, StartTaskRequest,
-    StopTaskRequest, Task, TaskKind, TaskSpec, TaskState, UpdateTaskRequest, WatchTaskRequest,
+    ListMismatchesRequest, ListSourceDatabasesRequest, ListTasksRequest, RegisterInstanceRequest,
+    StartTaskRequest, StopTaskRequest, Task, TaskKind, TaskSpec, TaskState, UpdateTaskRequest,
+    VerificationState, VerifyMode, VerifyTaskRequest, WatchTaskRequest,
 };
 use serde_json::json;
 
@@ -50,6 +52,9 @@ pub enum CtlError {
         /// ": <failure reason>" or empty.
         reason: String,
     },
+    /// A verification waited for did not pass.
+    #[error("{0}")]
+    Ended(String),
 }
 
 impl CtlError {
@@ -59,7 +64,7 @@ impl CtlError {
             CtlError::Status(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Connect(_) => 3,
-            CtlError::TaskFailed { .. } => 4,
+            CtlError::TaskFailed { .. } | CtlError::Ended(_) => 4,
         }
     }
 }
@@ -287,14 +292,51 @@ impl Ctl {
                     .into_inner();
                 self.print_task(&task);
             }
-            TaskCommand::Complete { task_id } => {
+            TaskCommand::Complete { task_id, verify } => {
                 let task = self
                     .client()
                     .await?
-                    .complete_task(CompleteTaskRequest { task_id })
+                    .complete_task(CompleteTaskRequest {
+                        task_id,
+                        require_verification: verify,
+                    })
                     .await?
                     .into_inner();
                 self.print_task(&task);
+            }
+            TaskCommand::Verify {
+                task_id,
+                mode,
+                wait,
+            } => self.verify(task_id, mode, wait).await?,
+            TaskCommand::Mismatches {
+                task_id,
+                page_size,
+                page_token,
+            } => {
+                let response = self
+                    .client()
+                    .await?
+                    .list_mismatches(ListMismatchesRequest {
+                        task_id,
+                        page_size,
+                        page_token: page_token.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                match self.output {
+                    Output::Json => self.print_json(json!({
+                        "run": response.run,
+                        "total": response.total,
+                        "mismatches": response.mismatches.iter().map(output::mismatch_json).collect::<Vec<_>>(),
+                        "next_page_token": response.next_page_token,
+                    })),
+                    Output::Table => {
+                        print!("{}", output::mismatches_table(&response.mismatches));
+                        println!("run {}: {} stored mismatches", response.run, response.total);
+                        print_next_page(&response.next_page_token);
+                    }
+                }
             }
             TaskCommand::Stop { task_id } => {
                 let task = self
@@ -328,6 +370,89 @@ impl Ctl {
             }
         }
         Ok(())
+    }
+
+    /// VerifyTask, then (with `wait`) the verdict: a progress bar on a terminal, the per-collection table at the
+    /// end; exit 4 when the verification FAILED.
+    async fn verify(
+        &mut self,
+        task_id: String,
+        mode: cli::VerifyModeArg,
+        wait: bool,
+    ) -> Result<(), CtlError> {
+        let mode = match mode {
+            cli::VerifyModeArg::Full => VerifyMode::Full,
+            cli::VerifyModeArg::Hashed => VerifyMode::Hashed,
+        };
+        let mut task = self
+            .client()
+            .await?
+            .verify_task(VerifyTaskRequest {
+                task_id: task_id.clone(),
+                mode: mode as i32,
+            })
+            .await?
+            .into_inner();
+        if !wait {
+            self.print_task(&task);
+            return Ok(());
+        }
+        let run = task.verification.as_ref().map_or(0, |v| v.run);
+        let bar = (self.output == Output::Table && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(1000);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        let mut last_line = String::new();
+        loop {
+            let v = task.verification.clone().unwrap_or_default();
+            let line = output::verification_summary(&v);
+            match (&bar, self.output) {
+                (_, Output::Json) if line != last_line => {
+                    println!("{}", output::verification_json(&v))
+                }
+                (Some(bar), _) => {
+                    let total = v.documents_total.max(1);
+                    bar.set_position(v.documents_compared.min(total) * 1000 / total);
+                    bar.set_message(line.clone());
+                }
+                (None, Output::Table) if line != last_line => println!("{line}"),
+                _ => {}
+            }
+            last_line = line;
+            let finished = v.run != run
+                || v.state != VerificationState::Running as i32
+                || task.state == TaskState::Failed as i32;
+            if finished {
+                if let Some(bar) = &bar {
+                    bar.finish();
+                }
+                if self.output == Output::Table {
+                    print!("{}", output::verification_detail(&v));
+                }
+                if v.state != VerificationState::Passed as i32 {
+                    return Err(CtlError::Ended(format!(
+                        "verification {}: {}",
+                        output::verification_state_name(v.state),
+                        output::verification_summary(&v)
+                    )));
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            task = self
+                .client()
+                .await?
+                .get_task(GetTaskRequest {
+                    task_id: task_id.clone(),
+                })
+                .await?
+                .into_inner();
+        }
     }
 
     async fn list_tasks(&mut self, args: cli::ListTasks) -> Result<(), CtlError> {
@@ -567,6 +692,7 @@ mod tests {
             port: 27017,
             password: "stored".to_owned(),
             databases: vec!["a".to_owned()],
+            require_verification: false,
             ..TaskSpec::default()
         };
         let cli = Cli::parse_from([

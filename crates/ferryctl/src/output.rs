@@ -6,8 +6,9 @@
 use std::time::SystemTime;
 
 use ferry_proto::v1::{
-    Agent, CheckItem, CheckStatus, Checkpoint, Instance, OplogTimestamp, Progress, SourceDatabase,
-    Task, TaskKind, TaskPhase, TaskSpec, TaskState,
+    Agent, CheckItem, CheckStatus, Checkpoint, Instance, Mismatch, MismatchKind, OplogTimestamp,
+    Progress, SourceDatabase, Task, TaskKind, TaskPhase, TaskSpec, TaskState, Verification,
+    VerificationState, VerifyMode,
 };
 use serde_json::{json, Value};
 
@@ -249,7 +250,159 @@ pub fn task_json(task: &Task) -> Value {
         "agent_connected": task.agent_connected,
         "epoch": task.epoch,
         "checkpoint": task.checkpoint.as_ref().map(checkpoint_json).unwrap_or(Value::Null),
+        "verification": task.verification.as_ref().map(verification_json).unwrap_or(Value::Null),
     })
+}
+
+pub fn verification_state_name(state: i32) -> String {
+    strip(
+        VerificationState::try_from(state)
+            .unwrap_or(VerificationState::Unspecified)
+            .as_str_name(),
+        "VERIFICATION_STATE_",
+    )
+}
+
+pub fn mismatch_kind_name(kind: i32) -> String {
+    strip(
+        MismatchKind::try_from(kind)
+            .unwrap_or(MismatchKind::Unspecified)
+            .as_str_name(),
+        "MISMATCH_KIND_",
+    )
+}
+
+fn confirmed_total(v: &Verification) -> u64 {
+    v.confirmed.as_ref().map_or(0, |c| {
+        c.missing_on_destination + c.extra_on_destination + c.different + c.metadata
+    })
+}
+
+/// One line: state, phase, documents compared, mismatches, ETA.
+pub fn verification_summary(v: &Verification) -> String {
+    let c = v.confirmed.clone().unwrap_or_default();
+    let mut line = format!(
+        "run {} {} {}: {}/{} documents compared, {} confirmed mismatches (missing {}, extra {}, different {}, metadata {}), {} pending",
+        v.run,
+        verification_state_name(v.state),
+        v.phase,
+        v.documents_compared,
+        v.documents_total,
+        confirmed_total(v),
+        c.missing_on_destination,
+        c.extra_on_destination,
+        c.different,
+        c.metadata,
+        v.pending
+    );
+    if v.eta_seconds > 0 {
+        line.push_str(&format!(", ETA {}s", v.eta_seconds));
+    }
+    if !v.detail.is_empty() {
+        line.push_str(&format!(" ({})", v.detail));
+    }
+    line
+}
+
+/// The summary and a per-collection table.
+pub fn verification_detail(v: &Verification) -> String {
+    let mut out = format!("{}\n", verification_summary(v));
+    let rows: Vec<Vec<String>> = v
+        .collections
+        .iter()
+        .map(|c| {
+            vec![
+                c.namespace.clone(),
+                c.documents_source.to_string(),
+                c.documents_destination.to_string(),
+                c.mismatches.to_string(),
+                if c.done { "done" } else { "..." }.to_owned(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &[
+                "NAMESPACE",
+                "SOURCE DOCS",
+                "DEST DOCS",
+                "MISMATCHES",
+                "STATUS",
+            ],
+            &rows,
+        ));
+    }
+    out
+}
+
+pub fn verification_json(v: &Verification) -> Value {
+    let c = v.confirmed.clone().unwrap_or_default();
+    json!({
+        "run": v.run,
+        "state": verification_state_name(v.state),
+        "mode": strip(VerifyMode::try_from(v.mode).unwrap_or(VerifyMode::Unspecified).as_str_name(), "VERIFY_MODE_"),
+        "phase": v.phase,
+        "documents_compared": v.documents_compared,
+        "documents_total": v.documents_total,
+        "confirmed": {
+            "missing_on_destination": c.missing_on_destination,
+            "extra_on_destination": c.extra_on_destination,
+            "different": c.different,
+            "metadata": c.metadata,
+        },
+        "pending": v.pending,
+        "collections": v.collections.iter().map(|c| json!({
+            "namespace": c.namespace,
+            "documents_source": c.documents_source,
+            "documents_destination": c.documents_destination,
+            "mismatches": c.mismatches,
+            "done": c.done,
+        })).collect::<Vec<_>>(),
+        "start_time": time_json(v.start_time.as_ref()),
+        "finish_time": time_json(v.finish_time.as_ref()),
+        "eta_seconds": v.eta_seconds,
+        "at_cut_over": v.at_cut_over,
+        "detail": v.detail,
+    })
+}
+
+pub fn mismatch_json(m: &Mismatch) -> Value {
+    json!({
+        "namespace": m.namespace,
+        "id": m.id,
+        "kind": mismatch_kind_name(m.kind),
+        "field_path": m.field_path,
+        "detail": m.detail,
+    })
+}
+
+pub fn mismatches_table(mismatches: &[Mismatch]) -> String {
+    let rows: Vec<Vec<String>> = mismatches
+        .iter()
+        .map(|m| {
+            vec![
+                m.namespace.clone(),
+                mismatch_kind_name(m.kind),
+                escape(&m.id),
+                escape(&m.field_path),
+                escape(&m.detail),
+            ]
+        })
+        .collect();
+    table(&["NAMESPACE", "KIND", "_ID", "FIELD", "DETAIL"], &rows)
+}
+
+/// Control characters from the server (document ids, field names) printed escaped, never raw.
+fn escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// An instance as JSON; the password is never included.
@@ -370,6 +523,13 @@ pub fn task_detail(task: &Task) -> String {
     for (key, value) in rows {
         out.push_str(&format!("{:<12} {}\n", format!("{key}:"), value));
     }
+    if let Some(v) = &task.verification {
+        out.push_str(&format!(
+            "{:<12} {}\n",
+            "Verified:",
+            verification_summary(v)
+        ));
+    }
     if !task.checks.is_empty() {
         out.push('\n');
         out.push_str(&checks_table(&task.checks));
@@ -477,6 +637,7 @@ mod tests {
                 password: PASSWORD.to_owned(),
                 destination_instance_id: "cmgo-6wk2mxa1".to_owned(),
                 databases: vec!["shop".to_owned()],
+                require_verification: false,
             }),
             password_set: true,
             state: TaskState::Running as i32,

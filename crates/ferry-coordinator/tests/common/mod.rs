@@ -118,6 +118,7 @@ pub fn cvm_spec(name: &str, cvm: &str, password: &str) -> pb::TaskSpec {
         password: password.into(),
         destination_instance_id: "cmgo-6wk2mxa1".into(),
         databases: vec!["shop".into()],
+        require_verification: false,
     }
 }
 
