@@ -55,15 +55,27 @@ impl World {
 
     /// Like [`World::start`], with extra command-line arguments for the agent.
     pub async fn start_with(oplog_mb: usize, agent_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_configured(oplog_mb, agent_args, |source| source).await
+    }
+
+    /// Like [`World::start_with`], with the source's mongosim builder passed through `configure` first (e.g. a
+    /// short TTL monitor interval).
+    pub async fn start_configured(
+        oplog_mb: usize,
+        agent_args: &[&str],
+        configure: impl FnOnce(mongosim::Builder) -> mongosim::Builder,
+    ) -> anyhow::Result<Self> {
         let bins = Binaries::locate()?;
         let dir = tempfile::tempdir()?;
-        let source = mongosim::MongoSim::builder()
-            .replset("rs-src")
-            .user("root", SOURCE_PASSWORD)
-            .user_with_roles("reader", READER_PASSWORD, &[("readAnyDatabase", "admin")])
-            .oplog_size_mb(oplog_mb)
-            .start()
-            .await?;
+        let source = configure(
+            mongosim::MongoSim::builder()
+                .replset("rs-src")
+                .user("root", SOURCE_PASSWORD)
+                .user_with_roles("reader", READER_PASSWORD, &[("readAnyDatabase", "admin")])
+                .oplog_size_mb(oplog_mb),
+        )
+        .start()
+        .await?;
         let dest = mongosim::MongoSim::builder()
             .replset("rs-dst")
             .user("admin", DEST_PASSWORD)
@@ -138,6 +150,7 @@ impl World {
             password: SOURCE_PASSWORD.into(),
             destination_instance_id: INSTANCE_ID.into(),
             databases: databases.iter().map(|d| d.to_string()).collect(),
+            require_verification: false,
         }
     }
 
