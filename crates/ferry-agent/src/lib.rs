@@ -16,6 +16,7 @@ pub mod identity;
 pub mod replay;
 mod runner;
 mod session;
+mod verify;
 mod work;
 
 use std::future::Future;

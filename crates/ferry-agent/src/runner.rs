@@ -119,6 +119,8 @@ pub(crate) struct RunnerInner {
     pub(crate) tracker: TaskTracker,
     pub(crate) cancel: CancellationToken,
     next_generation: AtomicU64,
+    /// Verification runs, by task (next to, not instead of, the task's other local work).
+    pub(crate) verifications: crate::verify::VerifyRuns,
 }
 
 impl TaskRunner {
@@ -136,6 +138,7 @@ impl TaskRunner {
                 tracker: TaskTracker::new(),
                 cancel,
                 next_generation: AtomicU64::new(1),
+                verifications: crate::verify::VerifyRuns::default(),
             }),
         }
     }
@@ -209,7 +212,9 @@ impl TaskRunner {
             Body::StartMigration(command) => {
                 crate::work::start_migration(self, task_id, epoch, command)
             }
-            Body::CompleteMigration(_) => crate::work::complete_migration(self, task_id, epoch),
+            Body::CompleteMigration(command) => {
+                crate::work::complete_migration(self, task_id, epoch, command)
+            }
             Body::StopMigration(command) => {
                 crate::work::stop_migration(self, task_id, epoch, command)
             }
@@ -218,7 +223,7 @@ impl TaskRunner {
             }
             Body::ReportRejected(rejected) => self.on_report_rejected(&task_id, &rejected),
             Body::StartVerification(command) => {
-                crate::work::start_verification(self, task_id, epoch, command)
+                crate::verify::start_verification(self, task_id, epoch, command)
             }
         }
     }
@@ -239,6 +244,7 @@ impl TaskRunner {
         }
         warn!(%task_id, local_epoch, current_epoch = rejected.current_epoch, reason = %rejected.reason,
             "report rejected by the coordinator; cancelling local work");
+        self.inner.verifications.cancel(task_id);
         // The entry stays until the work has ended (see `LocalTask::finished`).
         task.cancel.cancel();
         if let Some(control) = &task.control {

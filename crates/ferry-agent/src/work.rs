@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ferry_proto::v1::{
-    agent_message, CheckItemReport, CheckpointReport, ChecksFinished, DatabasesReport,
-    ListDatabases, PhaseChanged, ProgressReport, RunChecks, SourceDatabase, StartMigration,
-    StopMigration, TaskFailed, TaskStopped,
+    agent_message, CheckItemReport, CheckpointReport, ChecksFinished, CompleteMigration,
+    DatabasesReport, ListDatabases, PhaseChanged, ProgressReport, RunChecks, SourceDatabase,
+    StartMigration, StopMigration, TaskFailed, TaskStopped,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,22 @@ pub(crate) struct Control {
     engine: ferry_engine::MigrationControl,
     /// Set by StopMigration: after the engine stops, roll back and report `stopped`.
     stop_requested: Arc<AtomicBool>,
+    /// What the task's verifier needs from the engine (applied position, relaxed indexes).
+    tap: crate::verify::EngineTap,
+    /// Set by CompleteMigration{verify}: the verification run that decides whether the cut-over succeeds.
+    cut_over: Arc<std::sync::Mutex<Option<CompleteMigration>>>,
+    /// The task as started here (the cut-over's verifier connects with it).
+    spec: Option<ferry_proto::v1::TaskSpec>,
+    destination: Option<ferry_proto::v1::Destination>,
+}
+
+/// The engine tap of the task's migration running here, if any (an online verification follows it).
+pub(crate) fn engine_tap(runner: &TaskRunner, task_id: &str) -> Option<crate::verify::EngineTap> {
+    let tasks = runner.tasks();
+    tasks
+        .get(task_id)
+        .filter(|t| t.active() && t.kind == WorkKind::Migration)
+        .and_then(|t| t.control.as_ref().map(|c| c.tap.clone()))
 }
 
 impl Control {
@@ -153,6 +169,10 @@ pub(crate) fn start_migration(
     let control = Control {
         engine: ferry_engine::MigrationControl::new(),
         stop_requested: Arc::new(AtomicBool::new(false)),
+        tap: crate::verify::EngineTap::new(),
+        cut_over: Arc::default(),
+        spec: command.spec.clone(),
+        destination: command.destination.clone(),
     };
     let Some(Registered {
         reporter,
@@ -178,9 +198,19 @@ pub(crate) fn start_migration(
     info!(%task_id, epoch, resuming = resume.is_some(), "starting migration");
     let runner_handle = runner.clone();
     let data_dir = runner.inner.config.data_dir.clone();
+    let verifier_runner = runner.clone();
     runner.inner.tracker.spawn(
         async move {
-            migrate(config, resume, control, reporter.clone(), cancel, data_dir).await;
+            migrate(
+                config,
+                resume,
+                control,
+                reporter.clone(),
+                cancel,
+                data_dir,
+                verifier_runner,
+            )
+            .await;
             finish(&runner_handle, reporter.task_id(), generation, &finished);
         }
         .instrument(span),
@@ -197,11 +227,21 @@ fn running_control(runner: &TaskRunner, task_id: &str, epoch: u64) -> Option<Con
     })
 }
 
-pub(crate) fn complete_migration(runner: &TaskRunner, task_id: String, epoch: u64) {
+pub(crate) fn complete_migration(
+    runner: &TaskRunner,
+    task_id: String,
+    epoch: u64,
+    command: CompleteMigration,
+) {
     let control = running_control(runner, &task_id, epoch);
     match control {
         Some(control) => {
-            info!(%task_id, epoch, "cut-over requested");
+            info!(%task_id, epoch, verify = command.verify, "cut-over requested");
+            if command.verify {
+                // An online run of this task is superseded by the cut-over's own.
+                runner.inner.verifications.cancel(&task_id);
+                *control.cut_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(command);
+            }
             control.engine.request_complete();
         }
         None => runner.reply_error(
@@ -219,6 +259,7 @@ pub(crate) fn stop_migration(
     epoch: u64,
     command: StopMigration,
 ) {
+    runner.inner.verifications.cancel(&task_id);
     let control = running_control(runner, &task_id, epoch);
     if let Some(control) = control {
         info!(%task_id, epoch, "stop requested; stopping the engine before rolling back");
@@ -421,7 +462,8 @@ fn migration_config(
     })
 }
 
-/// Runs the engine to its end, forwarding its events; reports the outcome.
+/// Runs the engine to its end, forwarding its events; reports the outcome (after the cut-over's verification
+/// when one was asked for).
 async fn migrate(
     config: ferry_engine::MigrationConfig,
     resume: Option<ferry_engine::Checkpoint>,
@@ -429,6 +471,7 @@ async fn migrate(
     reporter: TaskReporter,
     cancel: CancellationToken,
     data_dir: std::path::PathBuf,
+    runner: TaskRunner,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel(EVENTS_CAPACITY);
     // A copy that starts from scratch and runs to its end measures this host's copy rate for later checks.
@@ -453,6 +496,7 @@ async fn migrate(
                 if let Some(rate) = rate.as_mut() {
                     rate.observe(&event);
                 }
+                control.tap.observe(&event);
                 forward(event, &reporter, &mut last_checkpoint).await;
             }
         }
@@ -461,6 +505,7 @@ async fn migrate(
         if let Some(rate) = rate.as_mut() {
             rate.observe(&event);
         }
+        control.tap.observe(&event);
         forward(event, &reporter, &mut last_checkpoint).await;
     }
     if control.stop_requested.load(Ordering::SeqCst) {
@@ -474,6 +519,15 @@ async fn migrate(
     match result {
         Ok(ferry_engine::Outcome::Completed(completion)) => {
             info!(summary = %completion.summary, "migration completed");
+            let cut_over = *control.cut_over.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(verify) = cut_over {
+                if let Some(failure) =
+                    verify_after_cut_over(&runner, &control, &verify, &reporter).await
+                {
+                    reporter.send(agent_message::Body::Failed(failure)).await;
+                    return;
+                }
+            }
             reporter
                 .send(agent_message::Body::Completed(convert::completed_to_pb(
                     &completion,
@@ -492,6 +546,61 @@ async fn migrate(
                 }))
                 .await;
         }
+    }
+}
+
+/// The cut-over's verification; `Some(failure)` to report instead of success. Everything through the cut-over
+/// point is applied and the source is quiescent, so the verdict is final.
+async fn verify_after_cut_over(
+    runner: &TaskRunner,
+    control: &Control,
+    command: &CompleteMigration,
+    reporter: &TaskReporter,
+) -> Option<TaskFailed> {
+    let mode = match ferry_proto::v1::VerifyMode::try_from(command.mode) {
+        Ok(ferry_proto::v1::VerifyMode::Hashed) => ferry_verify::Mode::Hashed,
+        _ => ferry_verify::Mode::Full,
+    };
+    let config = match crate::verify::verify_config(
+        runner,
+        reporter.task_id(),
+        control.spec.as_ref(),
+        control.destination.as_ref(),
+        mode,
+        Vec::new(),
+    ) {
+        Ok(c) => c,
+        Err(error) => {
+            return Some(TaskFailed {
+                reason: format!("cut-over verification could not start: {error}"),
+                resumable: true,
+            })
+        }
+    };
+    info!(
+        run = command.run,
+        "verifying the destination after the cut-over"
+    );
+    match crate::verify::verify_cut_over(config, command.run, reporter).await {
+        Ok((true, summary)) => {
+            info!(%summary, "cut-over verification passed");
+            None
+        }
+        Ok((false, summary)) => Some(TaskFailed {
+            reason: format!(
+                "cut-over verification failed: {summary}; list the mismatches (ListMismatches, `ferryctl task \
+                 mismatches`), fix the destination, then start the task again (StartTask resumes OPLOG_SYNC) and \
+                 complete it again, or stop it (StopTask) to roll back"
+            ),
+            resumable: true,
+        }),
+        Err(why) => Some(TaskFailed {
+            reason: format!(
+                "cut-over verification could not finish: {why}; start the task again (StartTask) and complete it \
+                 again"
+            ),
+            resumable: true,
+        }),
     }
 }
 
@@ -639,15 +748,4 @@ mod tests {
         rate.observe(&EngineEvent::PhaseChanged(Phase::OplogSync));
         assert_eq!(crate::copy_rate::load(dir.path()), Some(measured));
     }
-}
-
-/// StartVerification: runs the product verifier (wired in with the verifier crate).
-pub(crate) fn start_verification(
-    runner: &TaskRunner,
-    task_id: String,
-    epoch: u64,
-    command: ferry_proto::v1::StartVerification,
-) {
-    let _ = (runner, epoch, command);
-    warn!(%task_id, "verification requested but not available in this build yet");
 }

@@ -68,6 +68,11 @@ impl Applier {
         mut reader: SpoolReader,
     ) -> Result<Option<OpTime>, EngineError> {
         let ctx = self.ctx.clone();
+        // Everything up to the apply start point is reflected on the destination: say so from the start, so a
+        // verifier (and the lag figure) has a position even before the first entry is applied.
+        if ctx.last_applied().is_none() {
+            ctx.set_last_applied(self.apply_from);
+        }
         let mut target: Option<OpTime> = None;
         let mut last_checkpoint = Instant::now();
         let interval = ctx.cfg.tuning.checkpoint_interval;

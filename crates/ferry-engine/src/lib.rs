@@ -337,6 +337,15 @@ pub async fn rollback(
     Ok(dropped)
 }
 
+/// The `(namespace, index name)` pairs a checkpoint's task keeps relaxed on the destination (non-unique,
+/// TTL paused) until cut-over; a verifier compares their unique/TTL options as "pending", not as a
+/// difference. Empty for an unreadable state.
+pub fn relaxed_indexes(engine_state: &[u8]) -> Vec<(String, String)> {
+    EngineState::decode(engine_state)
+        .map(|st| st.relaxed.into_iter().map(|r| (r.ns, r.name)).collect())
+        .unwrap_or_default()
+}
+
 /// The source's user databases: `(name, sizeOnDisk, empty)`; `admin`, `local` and `config` excluded.
 pub async fn list_databases(source: &Endpoint) -> Result<Vec<(String, u64, bool)>, EngineError> {
     let src = mongo::connect(source, Side::Source).await?;

@@ -280,7 +280,7 @@ fn confirmed_total(v: &Verification) -> u64 {
 
 /// One line: state, phase, documents compared, mismatches, ETA.
 pub fn verification_summary(v: &Verification) -> String {
-    let c = v.confirmed.clone().unwrap_or_default();
+    let c = v.confirmed.unwrap_or_default();
     let mut line = format!(
         "run {} {} {}: {}/{} documents compared, {} confirmed mismatches (missing {}, extra {}, different {}, metadata {}), {} pending",
         v.run,
@@ -336,7 +336,7 @@ pub fn verification_detail(v: &Verification) -> String {
 }
 
 pub fn verification_json(v: &Verification) -> Value {
-    let c = v.confirmed.clone().unwrap_or_default();
+    let c = v.confirmed.unwrap_or_default();
     json!({
         "run": v.run,
         "state": verification_state_name(v.state),
