@@ -182,11 +182,15 @@ pub(crate) async fn command(
     db: &str,
     cmd: Document,
 ) -> Result<Option<Document>, RetryError> {
-    let database = client.database(db);
-    retry(cancel, budget, side, "command", || {
-        database.run_command(cmd.clone()).into_future()
-    })
-    .await
+    match mongodb::bson::RawDocumentBuf::try_from(&cmd) {
+        Ok(raw) => raw_command(client, cancel, budget, side, db, raw).await,
+        Err(e) => Err(RetryError {
+            error: MongoError::custom(format!("command is not valid BSON: {e}")),
+            transient: false,
+            side,
+            budget,
+        }),
+    }
 }
 
 /// Runs a raw command (payloads never decoded) with retries; `Ok(None)` when cancelled.
