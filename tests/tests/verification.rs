@@ -7,7 +7,22 @@ use std::time::Duration;
 
 use ferry_e2e::{phase, state, World};
 use ferry_proto::v1 as pb;
+use ferry_testkit::process::Binaries;
 use mongodb::bson::{doc, Document};
+
+/// Runs the real ferryctl against the world's coordinator.
+async fn ferryctl(world: &World, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let bins = Binaries::locate()?;
+    Ok(tokio::process::Command::new(bins.path("ferryctl"))
+        .arg("--coordinator")
+        .arg(world.coordinator.url())
+        .arg("--plaintext")
+        .arg("--token-file")
+        .arg(world.coordinator.operator_token_file())
+        .args(args)
+        .output()
+        .await?)
+}
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -229,6 +244,39 @@ async fn a_clean_migration_verifies_and_damage_after_cut_over_is_reported_exactl
     assert!(
         meta.iter().any(|m| m.contains("shop.customers")),
         "{meta:?}"
+    );
+
+    // The same through ferryctl: `task verify --wait` exits 4 with the per-collection table, `task mismatches`
+    // lists them (table and JSON).
+    let out = ferryctl(&world, &["task", "verify", &task_id, "--wait"]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("shop.orders") && stdout.contains("MISMATCHES"),
+        "{stdout}"
+    );
+    let out = ferryctl(&world, &["task", "mismatches", &task_id]).await?;
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("MISSING_ON_DESTINATION") && table.contains("address.zip"),
+        "{table}"
+    );
+    let out = ferryctl(
+        &world,
+        &["--output", "json", "task", "mismatches", &task_id],
+    )
+    .await?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        json["mismatches"].as_array().map(Vec::len),
+        Some(found.len()),
+        "{json}"
     );
     Ok(())
 }

@@ -50,7 +50,7 @@ pub fn canonical_index_spec(mut spec: Document) -> Document {
     spec.remove("ns");
     let mut out = Document::new();
     if let Some(key) = spec.remove("key") {
-        out.insert("key", key);
+        out.insert("key", ordered_key(key));
     }
     let mut rest: Vec<(String, mongodb::bson::Bson)> = spec.into_iter().collect();
     rest.sort_by(|a, b| a.0.cmp(&b.0));
@@ -62,6 +62,19 @@ pub fn canonical_index_spec(mut spec: Document) -> Document {
         out.insert(k, v);
     }
     out
+}
+
+/// An index key as a list of one-field documents: `Document` equality ignores field order, an index key's
+/// order is part of the index.
+fn ordered_key(key: mongodb::bson::Bson) -> mongodb::bson::Bson {
+    match key {
+        mongodb::bson::Bson::Document(d) => mongodb::bson::Bson::Array(
+            d.into_iter()
+                .map(|(k, v)| mongodb::bson::Bson::Document(doc! {k: v}))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,15 @@ pub(crate) async fn compare(
     Ok(out)
 }
 
+/// Byte equality: `Document`'s `==` ignores field order, which matters in index keys, pipelines (`$sort`) and
+/// validators alike.
+fn same(a: &Document, b: &Document) -> bool {
+    match (a.to_vec(), b.to_vec()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 fn kind_of(entry: &Document) -> &str {
     entry.get_str("type").unwrap_or("collection")
 }
@@ -150,7 +159,7 @@ fn compare_entry(ns: &str, a: &Document, b: &Document, out: &mut Vec<(String, Mi
             d
         };
         let (da, db) = (def(oa), def(ob));
-        if da != db {
+        if !same(&da, &db) {
             out.push(mismatch(
                 ns,
                 "view",
@@ -165,7 +174,7 @@ fn compare_entry(ns: &str, a: &Document, b: &Document, out: &mut Vec<(String, Mi
         o
     };
     let (sa, sb) = (strip(oa), strip(ob));
-    if sa != sb {
+    if !same(&sa, &sb) {
         out.push(mismatch(
             ns,
             "options",
@@ -283,7 +292,7 @@ async fn compare_indexes(
                         b.remove(f);
                     }
                 }
-                if a != b {
+                if !same(&a, &b) {
                     out.push(mismatch(
                         ns,
                         &what,
@@ -322,6 +331,10 @@ mod tests {
         );
         let other = doc! {"v": 2, "key": {"at": 1}, "name": "at_1", "expireAfterSeconds": 60i64};
         assert_ne!(canonical_index_spec(created), canonical_index_spec(other));
+        let ab = canonical_index_spec(doc! {"key": {"a": 1, "b": 1}, "name": "x"});
+        let ba = canonical_index_spec(doc! {"key": {"b": 1, "a": 1}, "name": "x"});
+        assert!(!same(&ab, &ba), "an index key's order matters");
+        assert!(same(&ab, &ab.clone()));
     }
 
     #[test]

@@ -279,6 +279,15 @@ pub async fn assert_equal(p: &Pair, dbs: &[&str]) -> Result<()> {
 pub fn canonical_index(mut spec: Document) -> Document {
     let mut out = Document::new();
     if let Some(key) = spec.remove("key") {
+        // Documents compare as maps; the order of an index key matters: compare it as a list of fields.
+        let key = match key {
+            mongodb::bson::Bson::Document(d) => mongodb::bson::Bson::Array(
+                d.into_iter()
+                    .map(|(k, v)| mongodb::bson::Bson::Document(doc! {k: v}))
+                    .collect(),
+            ),
+            other => other,
+        };
         out.insert("key", key);
     }
     let mut rest: Vec<(String, mongodb::bson::Bson)> = spec.into_iter().collect();
