@@ -1,5 +1,6 @@
-"""Orchestrates scripts/bench: builds release binaries, starts mongosim processes, runs the engine benchmark and
-the naive pymongo copy on the same data, and writes docs/benchmarks.md. See scripts/bench for the options."""
+"""Orchestrates scripts/bench: builds release binaries, starts mongosim processes, runs the engine benchmark, the
+naive pymongo copy on the same data and the verifier benchmark, and writes docs/benchmarks.md. See scripts/bench for
+the options."""
 import argparse
 import datetime
 import json
@@ -91,6 +92,8 @@ def main():
     sim_scan = float(re.search(r"find scan[^:]*: ([0-9.]+)", sim_out).group(1))
     run(["cargo", "build", "--release", "--locked", "-p", "ferry-engine", "--example", "engine_bench"])
     engine_bench = os.path.join(RELEASE, "examples", "engine_bench")
+    run(["cargo", "build", "--release", "--locked", "-p", "ferry-verify", "--example", "verify_bench"])
+    verify_bench = os.path.join(RELEASE, "examples", "verify_bench")
     env = dict(os.environ, BENCH_PASSWORD=PASSWORD)
 
     rows = []
@@ -112,22 +115,49 @@ def main():
                 s.stop()
         rows.append({"scale": scale, "docs": docs, "full": full, "scan": scan, "insert": insert, "naive": naive})
 
+    # The verifier alone, at the same scales, each in a fresh verify_bench process against fresh servers holding
+    # the same bytes on both sides (so its peak RSS is its own and per scale).
+    # Ranges are sized so that even the 1x data has more ranges than the verifier compares at once (8): its memory
+    # bound is then reached at every scale and the RSS comparison across scales is fair.
+    verify_range = max(1000, args.base_docs // 16)
+    verify_rows = []
+    for scale in scales:
+        docs = args.base_docs * scale
+        src, dst = Sim("rs-vsrc", 64), Sim("rs-vdst", 64)
+        try:
+            out = capture([verify_bench, "--docs", str(docs), "--source-uri", src.uri, "--dest-uri", dst.uri,
+                           "--docs-per-range", str(verify_range), "--user", "root"], env=env)
+        finally:
+            src.stop()
+            dst.stop()
+        verify_rows.append({"scale": scale, "docs": docs, "full": keyvals(out, "verify"),
+                            "hashed": keyvals(out, "verify_hashed")})
+
     oplog = {}
-    for workload in ("plain", "unique-hot"):
+    for workload in ("plain", "unique-hot", "verify-online"):
         src, dst = Sim("rs-src", 1024), Sim("rs-dst", 64)
+        load = ["--workload", "plain", "--verify-online"] if workload == "verify-online" else ["--workload", workload]
         try:
             out = capture([engine_bench, "--mode", "oplog", "--rate", str(args.rate), "--seconds", str(args.seconds),
-                           "--workload", workload, "--source-uri", src.uri, "--dest-uri", dst.uri, "--user", "root"],
+                           *load, "--source-uri", src.uri, "--dest-uri", dst.uri, "--user", "root"],
                           env=env)
             oplog[workload] = keyvals(out, "oplog_apply")
         finally:
             src.stop()
             dst.stop()
 
-    write_report(args, command, sim_scan, sim_insert, rows, oplog)
+    write_report(args, command, sim_scan, sim_insert, rows, verify_rows, oplog)
 
 
-def verdicts(sim_scan, sim_insert, rows, oplog):
+def verify_flatness(verify_rows, mode):
+    """(first scale, last scale, first RSS, last RSS) of a verification mode, or None with fewer than two scales."""
+    if len(verify_rows) < 2:
+        return None
+    first, last = verify_rows[0], verify_rows[-1]
+    return (first["scale"], last["scale"], first[mode].get("peak_rss_mib", 0), last[mode].get("peak_rss_mib", 0))
+
+
+def verdicts(sim_scan, sim_insert, rows, verify_rows, oplog):
     """The run read against each target, computed from the figures above (met / missed, with the numbers)."""
     def mark(ok):
         return "met" if ok else "MISSED"
@@ -151,10 +181,30 @@ def verdicts(sim_scan, sim_insert, rows, oplog):
         if t0 > 0:
             out.append(f"- Linearity: {growth:.0f}x the data took {t1 / t0:.1f}x the time "
                        f"(<= 1.25 x {growth:.0f}): {mark(t1 / t0 <= 1.25 * growth)}.")
+    for v in verify_rows:
+        f, h = v["full"], v["hashed"]
+        out.append(
+            f"- Verification {v['scale']}x (full): {f.get('docs_per_s', 0):,.0f} docs/s, {f.get('ratio', 0):.2f} x the "
+            f"source's scan ceiling of {f.get('scan_ceiling_docs_per_s', 0):,.0f} (>= 0.7): "
+            f"{mark(f.get('ratio', 0) >= 0.7)}; hashed mode {h.get('docs_per_s', 0):,.0f} docs/s, "
+            f"{h.get('ratio', 0):.2f} x (no target).")
+    for mode, label in (("full", "full"), ("hashed", "hashed")):
+        flat = verify_flatness(verify_rows, mode)
+        if flat and flat[2] > 0:
+            s0, s1, r0, r1 = flat
+            rss = ", ".join(f"{v[mode].get('peak_rss_mib', 0):.0f} MiB at {v['scale']}x" for v in verify_rows)
+            out.append(f"- Verifier peak RSS ({label}): {rss}; {s1}x / {s0}x = {r1 / r0:.2f}, "
+                       f"{'flat' if r1 <= 1.5 * r0 else 'NOT flat'} (target: flat, <= 1.5): {mark(r1 <= 1.5 * r0)}.")
     for workload, o in oplog.items():
         p99 = o.get("lag_p99_ms", 0)
-        out.append(f"- Oplog apply ({workload}) lag p99 {p99:.0f} ms at {o.get('achieved_write_rate', 0):,.0f} writes/s "
+        what = ("while online verifications run" if workload == "verify-online" else f"({workload})")
+        out.append(f"- Oplog apply lag p99 {what} {p99:.0f} ms at {o.get('achieved_write_rate', 0):,.0f} writes/s "
                    f"(< 1 s): {mark(0 < p99 < 1000)}.")
+    online = oplog.get("verify-online", {})
+    if online:
+        out.append(f"- Online verification under that load: {online.get('verify_runs', 0):.0f} runs started, "
+                   f"{online.get('verify_runs_finished', 0):.0f} finished ({online.get('verify_runs_passed', 0):.0f} "
+                   f"passed), {online.get('verify_docs_per_s', 0):,.0f} docs/s compared.")
     plain = oplog.get("plain", {}).get("apply_entries_per_s", 0)
     uniq = oplog.get("unique-hot", {}).get("apply_entries_per_s", 0)
     if plain > 0:
@@ -170,7 +220,7 @@ def verdicts(sim_scan, sim_insert, rows, oplog):
     return out
 
 
-def write_report(args, command, sim_scan, sim_insert, rows, oplog):
+def write_report(args, command, sim_scan, sim_insert, rows, verify_rows, oplog):
     lines = [
         "# Benchmarks",
         "",
@@ -211,6 +261,38 @@ def write_report(args, command, sim_scan, sim_insert, rows, oplog):
         "Targets: full sync >= 0.85 x min(scan ceiling, insert ceiling) and >= 5x the naive copy; agent RSS < 256 MiB at",
         "16x; time linear in size.",
         "",
+        "## Verification (verifier alone, source and destination are separate mongosim processes)",
+        "",
+        "`crates/ferry-verify/examples/verify_bench.rs`, one fresh process and fresh servers per scale: the same ~1 KiB",
+        "documents (same raw bytes) on both sides over 4 collections, then a full verification (`Mode::Full`, offline)",
+        "and a hashed one (`Mode::Hashed`), each with its own peak RSS (VmHWM, reset before the run), then the source's",
+        "scan ceiling (parallel raw `find` of every collection, best of two passes) on the same servers. Parallelism 8",
+        f"and `_id` ranges of {max(1000, args.base_docs // 16):,} documents at every scale, so that even the 1x data has",
+        "more ranges than are compared at once.",
+        "",
+        "| scale | docs | mode | seconds | docs/s | scan ceiling | vs scan ceiling | peak RSS MiB |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v in verify_rows:
+        for mode in ("full", "hashed"):
+            f = v[mode]
+            lines.append(
+                f"| {v['scale']}x | {v['docs']:,} | {mode} | {f.get('seconds', 0):.2f} | {f.get('docs_per_s', 0):,.0f} | "
+                f"{f.get('scan_ceiling_docs_per_s', 0):,.0f} | {f.get('ratio', 0):.2f} | {f.get('peak_rss_mib', 0):.0f} |")
+    flat_text = []
+    for mode in ("full", "hashed"):
+        flat = verify_flatness(verify_rows, mode)
+        if flat and flat[2] > 0:
+            s0, s1, r0, r1 = flat
+            flat_text.append(f"Peak RSS ({mode}): {s1 // s0}x the data took {r1 / r0:.2f}x the RSS, "
+                             f"{'flat' if r1 <= 1.5 * r0 else 'NOT flat'} (flat means <= 1.5 x the {s0}x figure).")
+    if flat_text:
+        lines += [""] + flat_text
+    lines += [
+        "",
+        "Targets: full verification >= 0.7 x the source's scan ceiling (it reads both sides and merges every document);",
+        "peak RSS flat in the data size (16x <= 1.5 x 1x). Hashed mode has no throughput target.",
+        "",
         "## Oplog apply under sustained writes",
         "",
         "| workload | target writes/s | achieved writes/s | applied entries/s | lag p50 ms | lag p99 ms | probes |",
@@ -227,9 +309,12 @@ def write_report(args, command, sim_scan, sim_insert, rows, oplog):
         "at 5k writes/s. `plain`: inserts and `$inc` updates spread over the documents. `unique-hot`: the same rate on a",
         "collection with a unique secondary index (kept non-unique on the destination until cut-over), half the updates",
         "on 16 hot documents per writer and a unique-value swap every tick; target: within 20 % of `plain`.",
+        "`verify-online`: the `plain` load while online verifications (`ferry_verify::run_verification`, full mode, fed",
+        "the engine's applied position from its progress events) run one after the other against the same source and",
+        "destination, from OPLOG_SYNC until the load ends; target: p99 < 1 s.",
         "",
     ]
-    lines += verdicts(sim_scan, sim_insert, rows, oplog)
+    lines += verdicts(sim_scan, sim_insert, rows, verify_rows, oplog)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))

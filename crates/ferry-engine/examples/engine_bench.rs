@@ -5,7 +5,10 @@
 //! `insert_many`, in parallel), then runs a full sync and prints docs/s, MB/s and peak RSS.
 //! `oplog` mode: migrates a small data set, then drives a sustained write load at `--rate` writes/s for
 //! `--seconds` and prints apply throughput and end-to-end lag p50/p99 (probe documents written to the
-//! source and polled on the destination).
+//! source and polled on the destination). With `--verify-online`, an online verification
+//! (`ferry_verify::run_verification`, fed the engine's `last_applied` from its progress events) is
+//! started once the engine is in OPLOG_SYNC and re-run until the write load ends; the line then says
+//! `workload=verify-online`.
 //!
 //! By default both servers are in-process mongosims (then peak RSS includes them); pass `--source-uri`
 //! and `--dest-uri` (e.g. two `mongosim` processes) to measure the engine's own RSS.
@@ -73,6 +76,10 @@ struct Args {
     /// documents every tick, `a.email=tmp; b.email=old_a; a.email=old_b`).
     #[arg(long, default_value = "plain")]
     workload: String,
+    /// `oplog` mode: run online verifications of the migration (one after the other) while the write
+    /// load runs.
+    #[arg(long)]
+    verify_online: bool,
 }
 
 async fn client(uri: &str, user: &str, password: &str) -> Result<Client> {
@@ -360,6 +367,8 @@ async fn oplog(
     }
     let in_sync = Arc::new(AtomicBool::new(false));
     let applied = Arc::new(AtomicU64::new(0));
+    // The engine's applied position, as the verifier wants it (what the agent feeds it).
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(None::<ferry_verify::OpTime>);
     {
         let in_sync = in_sync.clone();
         let applied = applied.clone();
@@ -370,7 +379,13 @@ async fn oplog(
                         in_sync.store(true, Ordering::SeqCst)
                     }
                     EngineEvent::Progress(p) => {
-                        applied.store(p.oplog_entries_applied, Ordering::SeqCst)
+                        applied.store(p.oplog_entries_applied, Ordering::SeqCst);
+                        if let Some(t) = p.last_applied {
+                            applied_tx.send_replace(Some(ferry_verify::OpTime {
+                                seconds: t.seconds,
+                                increment: t.increment,
+                            }));
+                        }
                     }
                     _ => {}
                 }
@@ -384,6 +399,17 @@ async fn oplog(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let verifier = if args.verify_online {
+        let mut rx = applied_rx.clone();
+        rx.wait_for(|a| a.is_some()).await?;
+        Some(tokio::spawn(verify_loop(
+            verify_config(args, s, dir),
+            applied_rx,
+            stop.clone(),
+        )))
+    } else {
+        None
+    };
     let written = Arc::new(AtomicU64::new(0));
     let start_applied = applied.load(Ordering::SeqCst);
     let t = Instant::now();
@@ -483,6 +509,10 @@ async fn oplog(
         w.await??;
     }
     let secs = t.elapsed().as_secs_f64();
+    let verified = match verifier {
+        Some(v) => Some(v.await??),
+        None => None,
+    };
     control.request_complete();
     let out = handle.await?.context("migration failed")?;
     let applied_total = match &out {
@@ -495,9 +525,25 @@ async fn oplog(
             .copied()
             .unwrap_or(0.0)
     };
+    let workload = if args.verify_online {
+        "verify-online"
+    } else {
+        args.workload.as_str()
+    };
+    let verify_stats = verified
+        .map(|v| {
+            format!(
+                " verify_runs={} verify_runs_finished={} verify_runs_passed={} verify_docs_compared={} verify_docs_per_s={:.0}",
+                v.runs,
+                v.finished,
+                v.passed,
+                v.docs,
+                v.docs as f64 / secs
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "oplog_apply: workload={} target_rate={} achieved_write_rate={:.0} apply_entries_per_s={:.0} lag_p50_ms={:.0} lag_p99_ms={:.0} probes={} peak_rss_mib={:.0}",
-        args.workload,
+        "oplog_apply: workload={workload} target_rate={} achieved_write_rate={:.0} apply_entries_per_s={:.0} lag_p50_ms={:.0} lag_p99_ms={:.0} probes={} peak_rss_mib={:.0}{verify_stats}",
         args.rate,
         written.load(Ordering::Relaxed) as f64 / secs,
         applied_total.saturating_sub(start_applied) as f64 / secs,
@@ -507,4 +553,103 @@ async fn oplog(
         peak_rss_mib()
     );
     Ok(())
+}
+
+fn verify_config(args: &Args, s: &Servers, dir: &std::path::Path) -> ferry_verify::VerifyConfig {
+    let ep = |uri: &str| ferry_verify::Endpoint {
+        uri: uri.to_string(),
+        username: args.user.clone(),
+        password: args.password.clone(),
+    };
+    ferry_verify::VerifyConfig {
+        task_id: "bench-verify".into(),
+        source: ep(&s.source_uri),
+        destination: ep(&s.dest_uri),
+        databases: vec!["bench".into()],
+        mode: ferry_verify::Mode::Full,
+        read_preference: ferry_verify::ReadPref::SecondaryPreferred,
+        max_docs_per_second: 0,
+        parallelism: 4,
+        work_dir: dir.join("verify"),
+        relaxed_indexes: vec![],
+        tuning: ferry_verify::VerifyTuning::default(),
+    }
+}
+
+/// What the online verifications did while the write load ran.
+struct Verified {
+    /// Verifications started.
+    runs: u64,
+    /// Verifications that reached a verdict (the last one is usually cancelled when the load ends).
+    finished: u64,
+    /// Of those, the ones that passed.
+    passed: u64,
+    /// Documents compared over all runs.
+    docs: u64,
+}
+
+/// Runs online verifications one after the other until `stop`; the running one is then cancelled.
+async fn verify_loop(
+    base: ferry_verify::VerifyConfig,
+    applied: tokio::sync::watch::Receiver<Option<ferry_verify::OpTime>>,
+    stop: Arc<AtomicBool>,
+) -> Result<Verified> {
+    let mut v = Verified {
+        runs: 0,
+        finished: 0,
+        passed: 0,
+        docs: 0,
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let mut cfg = base.clone();
+        cfg.task_id = format!("{}-{}", base.task_id, v.runs);
+        v.runs += 1;
+        let control = ferry_verify::VerifyControl::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let compared = Arc::new(AtomicU64::new(0));
+        let drain = {
+            let compared = compared.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if let ferry_verify::VerifyEvent::Progress(p) = ev {
+                        compared.store(p.documents_compared, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let run = tokio::spawn(ferry_verify::run_verification(
+            cfg,
+            None,
+            control.clone(),
+            applied.clone(),
+            tx,
+        ));
+        let canceller = {
+            let stop = stop.clone();
+            let control = control.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                control.cancel();
+            })
+        };
+        let out = run.await?;
+        canceller.abort();
+        drain.await?;
+        match out {
+            Ok(report) => {
+                v.finished += 1;
+                if report.status == ferry_verify::VerifyStatus::Passed {
+                    v.passed += 1;
+                }
+                v.docs += report.progress.documents_compared;
+            }
+            Err(ferry_verify::VerifyError::Cancelled) => {
+                v.docs += compared.load(Ordering::Relaxed);
+            }
+            Err(e) => bail!("online verification failed: {e}"),
+        }
+    }
+    Ok(v)
 }
