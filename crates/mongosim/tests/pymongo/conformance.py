@@ -223,13 +223,16 @@ def transaction_commits_as_one_apply_ops():
     c.app.txn.drop()
     c.app.txn.insert_one({"_id": 0})
     with c.start_session() as s:
+        session_id = s.session_id["id"]
         with s.start_transaction():
             c.app.txn.insert_one({"_id": 1}, session=s)
             c.app.txn.update_one({"_id": 0}, {"$set": {"a": 1}}, session=s)
             assert c.app.txn.find_one({"_id": 1}) is None
+            # pymongo pools server sessions: a reused one continues its txnNumber sequence.
+            txn_number = s._server_session.transaction_id
     last = c.local["oplog.rs"].find().sort("$natural", -1).limit(1)[0]
     assert last["op"] == "c" and last["ns"] == "admin.$cmd", last
-    assert last["txnNumber"] == 1 and last["lsid"]["id"] == s.session_id["id"]
+    assert last["txnNumber"] == txn_number and last["lsid"]["id"] == session_id, (last, txn_number)
     assert last["prevOpTime"] == {"ts": bson.timestamp.Timestamp(0, 0), "t": -1}
     assert list(last["o"].keys()) == ["applyOps"]
     assert [op["op"] for op in last["o"]["applyOps"]] == ["i", "u"]
