@@ -96,11 +96,10 @@ impl Applier {
             "createIndexes" => {
                 let mut spec = cmd.clone();
                 spec.remove("createIndexes");
-                self.create_indexes(ts, db, &target, vec![spec]).await?;
+                self.create_indexes(db, &target, vec![spec]).await?;
             }
             "commitIndexBuild" => {
-                self.create_indexes(ts, db, &target, index_specs(&cmd))
-                    .await?;
+                self.create_indexes(db, &target, index_specs(&cmd)).await?;
             }
             "abortIndexBuild" => {
                 // The source never finished it: make sure the destination does not keep it.
@@ -358,7 +357,6 @@ impl Applier {
 
     pub(crate) async fn create_indexes(
         &mut self,
-        ts: OpTime,
         db: &str,
         coll: &str,
         specs: Vec<Document>,
@@ -387,7 +385,6 @@ impl Applier {
             Err(e) if tolerate(&e, &[85, 86, 68]) => {}
             Err(e) => return Err(e.into_engine("createIndexes", &ns)),
         }
-        let _ = ts;
         Ok(())
     }
 
