@@ -31,8 +31,10 @@ use crate::worker::{key_of, Worker};
 use crate::EngineError;
 
 const READ_BYTES: usize = 8 << 20;
-/// How long to wait before looking again when the next entry is above the majority commit point.
-const MAJORITY_WAIT: Duration = Duration::from_millis(50);
+/// How long to wait before asking the source's majority point again when the next entry is above it (doubling
+/// up to `MAJORITY_WAIT_MAX` while it stays above).
+const MAJORITY_WAIT: Duration = Duration::from_millis(5);
+const MAJORITY_WAIT_MAX: Duration = Duration::from_millis(250);
 
 pub(crate) struct Applier {
     pub(crate) ctx: Arc<Ctx>,
@@ -79,6 +81,7 @@ impl Applier {
         // Entries read from the spool but above the majority commit point (at most one read's worth:
         // nothing more is read while they wait).
         let mut waiting: VecDeque<RawDocumentBuf> = VecDeque::new();
+        let mut majority_wait = MAJORITY_WAIT;
         loop {
             if ctx.cancel.is_cancelled() {
                 return Ok(None);
@@ -107,16 +110,23 @@ impl Applier {
             }
             let ready = self.majority_prefix(&mut waiting)?;
             if !ready.is_empty() {
+                majority_wait = MAJORITY_WAIT;
                 self.apply_batch(&ready, applied_to).await?;
                 if ctx.cancel.is_cancelled() {
                     return Ok(None);
                 }
             } else if !waiting.is_empty() {
+                // The next entry is above the majority point the poller saw last: ask the source again soon (a
+                // hello), so apply latency is the replication delay, not the poll interval; backing off while
+                // the majority point stays behind (secondaries down) keeps the load on the source small.
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(MAJORITY_WAIT) => {}
+                    _ = tokio::time::sleep(majority_wait) => {}
                 }
+                crate::tail::refresh_majority(&ctx).await;
+                majority_wait = (majority_wait * 2).min(MAJORITY_WAIT_MAX);
             }
+
             if last_checkpoint.elapsed() >= interval {
                 self.checkpoint().await;
                 last_checkpoint = Instant::now();

@@ -254,18 +254,9 @@ pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
             Ok(None) => return,
             Err(error) => tracing::debug!(%error, "cannot read the source's newest oplog entry"),
         }
-        match majority_point(&ctx.src).await {
-            Ok(Some(t)) => ctx.live.majority.store(pack(t), Ordering::SeqCst),
-            Ok(None) => {
-                if !warned {
-                    tracing::warn!(task_id = %ctx.cfg.task_id, "the source reports no majority commit point (hello.lastWrite.majorityOpTime): entries are applied as read, and a rollback after a failover cannot be excluded");
-                    warned = true;
-                }
-                ctx.live
-                    .majority
-                    .store(MAJORITY_UNBOUNDED, Ordering::SeqCst);
-            }
-            Err(error) => tracing::debug!(%error, "cannot read the source's majority commit point"),
+        if refresh_majority(&ctx).await == Some(false) && !warned {
+            tracing::warn!(task_id = %ctx.cfg.task_id, "the source reports no majority commit point (hello.lastWrite.majorityOpTime): entries are applied as read, and a rollback after a failover cannot be excluded");
+            warned = true;
         }
         let known = ctx.state().rbid;
         if let (Some(before), Some(now)) = (known, rollback_id(&ctx.src).await) {
@@ -285,6 +276,27 @@ pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
 }
 
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
+
+/// Reads the source's majority commit point into the context. `Some(true)`: read; `Some(false)`: the source
+/// reports none (everything read may be applied); `None`: the source did not answer (nothing changes).
+pub(crate) async fn refresh_majority(ctx: &Ctx) -> Option<bool> {
+    match majority_point(&ctx.src).await {
+        Ok(Some(t)) => {
+            ctx.live.majority.fetch_max(pack(t), Ordering::SeqCst);
+            Some(true)
+        }
+        Ok(None) => {
+            ctx.live
+                .majority
+                .store(MAJORITY_UNBOUNDED, Ordering::SeqCst);
+            Some(false)
+        }
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the source's majority commit point");
+            None
+        }
+    }
+}
 
 /// `hello.lastWrite.majorityOpTime.ts`; `Ok(None)` when the source does not report it.
 async fn majority_point(src: &mongodb::Client) -> Result<Option<OpTime>, mongodb::error::Error> {
