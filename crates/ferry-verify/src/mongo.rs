@@ -5,7 +5,7 @@
 use std::future::{Future, IntoFuture};
 use std::time::{Duration, Instant};
 
-use bson::{doc, Bson, Document, RawDocumentBuf};
+use bson::{doc, Document, RawDocumentBuf};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::options::{ClientOptions, Credential, ReadPreference, SelectionCriteria};
 use mongodb::Client;
@@ -234,27 +234,39 @@ pub(crate) async fn newest_optime(
 }
 
 /// The `_id` value of a `{_id: v}` document as a filter value (lossy for invalid UTF-8).
-pub(crate) fn id_filter(id_doc: &[u8]) -> Option<Document> {
-    let raw = bson::RawDocument::from_bytes(id_doc).ok()?;
-    let el = raw.iter_elements().flatten().next()?;
-    let v = Bson::try_from(el.value_utf8_lossy().ok()?).ok()?;
-    Some(doc! {"_id": v})
+/// The `{_id: <value>}` filter of a queued `_id`, byte for byte (an `_id` string with invalid UTF-8 stays
+/// exactly what the server stored, never a lossy look-alike that matches nothing).
+pub(crate) fn id_filter(id_doc: &[u8]) -> Option<RawDocumentBuf> {
+    let raw = RawDocumentBuf::from_bytes(id_doc.to_vec()).ok()?;
+    raw.iter_elements().flatten().next()?;
+    Some(raw)
 }
 
-/// Reads one document by `_id`; returns it (raw) and the server's `operationTime` of the read.
+/// Reads one document by `_id` (a raw filter, see `id_filter`); returns it (raw) and the server's
+/// `operationTime` of the read.
 pub(crate) async fn point_read(
     client: &Client,
     cancel: &CancellationToken,
     budget: Duration,
     side: Side,
     ns: &str,
-    filter: &Document,
+    filter: &RawDocumentBuf,
 ) -> Result<Option<(Option<RawDocumentBuf>, Option<OpTime>)>, RetryError> {
     let (db, coll) = crate::plan::split_ns(ns);
-    let coll = client.database(db).collection::<RawDocumentBuf>(coll);
+    let database = client.database(db);
+    let mut cmd = RawDocumentBuf::new();
+    cmd.append(bson::raw::cstr!("find"), coll);
+    cmd.append(bson::raw::cstr!("filter"), filter.clone());
+    cmd.append(bson::raw::cstr!("limit"), 1i32);
+    cmd.append(bson::raw::cstr!("singleBatch"), true);
     retry(cancel, budget, side, "point read", || async {
         let mut session = client.start_session().causal_consistency(false).await?;
-        let found = coll.find_one(filter.clone()).session(&mut session).await?;
+        let mut cursor = database
+            .run_raw_cursor_command(cmd.clone())
+            .session(&mut session)
+            .await?
+            .with_type::<RawDocumentBuf>();
+        let found = cursor.next(&mut session).await.transpose()?;
         Ok((found, session.operation_time().map(OpTime::from_ts)))
     })
     .await

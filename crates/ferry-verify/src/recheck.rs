@@ -118,7 +118,7 @@ async fn read(
     ctx: &Ctx,
     side: Side,
     e: &Entry,
-    f: &bson::Document,
+    f: &bson::RawDocumentBuf,
 ) -> Result<Option<Read>, VerifyError> {
     let (client, throttle) = match side {
         Side::Source => (&ctx.src, &ctx.src_throttle),
