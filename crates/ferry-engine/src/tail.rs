@@ -279,9 +279,26 @@ const MONITOR_EVERY: Duration = Duration::from_millis(250);
 
 /// Reads the source's majority commit point into the context. `Some(true)`: read; `Some(false)`: the source
 /// reports none (everything read may be applied); `None`: the source did not answer (nothing changes).
+///
+/// The rollback id is read after the majority point and must be unchanged: entries majority-committed before a
+/// rollback are never rolled back, so a point read before an unchanged rollback id is safe to apply up to; a
+/// changed one fails the task before anything rolled back (still in the spool) can be applied.
 pub(crate) async fn refresh_majority(ctx: &Ctx) -> Option<bool> {
     match majority_point(&ctx.src).await {
         Ok(Some(t)) => {
+            let known = ctx.state().rbid;
+            if let Some(before) = known {
+                match rollback_id(&ctx.src).await {
+                    Some(now) if now == before => {}
+                    Some(now) => {
+                        ctx.fail(EngineError::SourceRolledBack {
+                            detail: format!("replSetGetRBID changed from {before} to {now}"),
+                        });
+                        return None;
+                    }
+                    None => return None,
+                }
+            }
             ctx.live.majority.fetch_max(pack(t), Ordering::SeqCst);
             Some(true)
         }
