@@ -207,12 +207,13 @@ async fn agent_sigkilled_in_data_sync_and_in_oplog_sync_resumes_and_ends_equal(
     let task_id = world.create_checked_task(&["app", "other"]).await?;
     let writer = Writer::start(&world);
 
-    // Slow the source's cursors down so DATA_SYNC lasts long enough to be interrupted.
+    // Slow the source's cursors down so DATA_SYNC lasts long enough to be interrupted, and kill the agent as
+    // soon as the task is in it (waiting for copied documents to show in a progress report as well made the
+    // test miss a short copy under load: the whole copy can land between two reports).
     start_slowed(&world, &task_id, Duration::from_millis(150)).await?;
     let before = world
         .wait_task(&task_id, 2 * MINUTE, |t| {
             t.phase == phase(pb::TaskPhase::DataSync)
-                && t.progress.as_ref().is_some_and(|p| p.documents_copied > 0)
         })
         .await?;
     world.agent.kill9().await?;
@@ -380,11 +381,10 @@ async fn an_outage_beyond_the_retry_budget_fails_resumable_and_start_task_resume
     let task_id = world.create_checked_task(&["app", "other"]).await?;
     let writer = Writer::start(&world);
     start_slowed(&world, &task_id, Duration::from_millis(300)).await?;
+    // As soon as the engine reports (it runs, preferably still copying: a report with copied documents can come
+    // after the whole copy under load).
     world
-        .wait_task(&task_id, 2 * MINUTE, |t| {
-            t.phase == phase(pb::TaskPhase::DataSync)
-                && t.progress.as_ref().is_some_and(|p| p.documents_copied > 0)
-        })
+        .wait_task(&task_id, 2 * MINUTE, |t| t.progress.is_some())
         .await?;
 
     // The destination goes away for longer than the agent's retry budget.

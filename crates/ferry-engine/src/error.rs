@@ -6,7 +6,7 @@ use crate::diff::DiffError;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(
-        "cannot connect to the {side} ({detail}): check the address, credentials and network path"
+        "cannot connect to the {side} ({detail}): check the address, credentials and network path, then start the task again (StartTask) to resume from its last checkpoint"
     )]
     Connect { side: &'static str, detail: String },
     #[error("{side} unreachable for longer than the retry budget ({budget:?}) during {operation}: {detail}; restore connectivity to the {side}, then start the task again (StartTask) to resume from its last checkpoint, or stop it (StopTask) to roll back")]
