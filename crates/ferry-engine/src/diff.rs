@@ -147,6 +147,11 @@ enum ArrayMod<'a> {
 
 type ArrayDiff<'a> = (Option<usize>, BTreeMap<usize, ArrayMod<'a>>);
 
+/// Bound on an array diff's `l` and indices: a document is at most 16 MiB and an array element takes
+/// at least 3 bytes (type, a one-character key, NUL), so no valid post-image holds a longer array. It
+/// keeps a malformed diff from padding an array to billions of `null`s.
+const MAX_ARRAY_LEN: usize = 16 * 1024 * 1024 / 3;
+
 fn parse_array_diff(diff: &Document) -> Result<ArrayDiff<'_>, DiffError> {
     let mut new_len = None;
     let mut mods = BTreeMap::new();
@@ -163,13 +168,20 @@ fn parse_array_diff(diff: &Document) -> Result<ArrayDiff<'_>, DiffError> {
                         ))
                     }
                 };
+                if n > MAX_ARRAY_LEN {
+                    return Err(DiffError::Malformed(format!(
+                        "array diff 'l' {n} exceeds {MAX_ARRAY_LEN}"
+                    )));
+                }
                 new_len = Some(n);
             }
             k => {
                 let (kind, idx) = k.split_at(1);
                 let idx: usize = idx
                     .parse()
-                    .map_err(|_| DiffError::Malformed(format!("bad array diff key '{k}'")))?;
+                    .ok()
+                    .filter(|i| *i < MAX_ARRAY_LEN)
+                    .ok_or_else(|| DiffError::Malformed(format!("bad array diff key '{k}'")))?;
                 let m = match (kind, value) {
                     ("u", v) => ArrayMod::Update(v),
                     ("s", Bson::Document(d)) => ArrayMod::Sub(d),
@@ -312,6 +324,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, doc! {"a": [1, Bson::Null, Bson::Null]});
+    }
+
+    #[test]
+    fn huge_array_length_or_index_is_rejected() {
+        // Found while writing the engine_diff fuzz target: these padded the array to billions of nulls (OOM or
+        // capacity-overflow panic).
+        let pre = doc! {"a": [1]};
+        for diff in [
+            doc! {"sa": {"a": true, "l": i32::MAX}},
+            doc! {"sa": {"a": true, "l": 1_i64 << 62}},
+            doc! {"sa": {"a": true, "u999999999": 1}},
+            doc! {"sa": {"a": true, "s18446744073709551615": {"u": {"x": 1}}}},
+        ] {
+            let err = apply_diff(&pre, &diff).unwrap_err();
+            assert!(matches!(err, DiffError::Malformed(_)), "{diff}: {err}");
+        }
+        let n = MAX_ARRAY_LEN as i64;
+        let out = apply_diff(&pre, &doc! {"sa": {"a": true, "l": 3_i64}}).unwrap();
+        assert_eq!(out, doc! {"a": [1, Bson::Null, Bson::Null]});
+        assert!(apply_diff(&pre, &doc! {"sa": {"a": true, "l": n + 1}}).is_err());
     }
 
     #[test]

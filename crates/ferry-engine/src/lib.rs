@@ -356,3 +356,15 @@ pub async fn list_databases(source: &Endpoint) -> Result<Vec<(String, u64, bool)
         .filter(|(n, _, _)| !oplog::SYSTEM_DBS.contains(&n.as_str()))
         .collect())
 }
+
+/// Fuzzing entry point (`fuzz/fuzz_targets/engine_oplog.rs`): walks `bytes` with the raw element
+/// walker and, when they frame a BSON document, parses them as an oplog entry. Results are ignored;
+/// only panics matter. Not part of the API.
+#[doc(hidden)]
+pub fn fuzz_parse_oplog_entry(bytes: &[u8]) {
+    let _ = raw::elements(bytes);
+    let Ok(doc) = mongodb::bson::RawDocument::from_bytes(bytes) else {
+        return;
+    };
+    let _ = oplog::parse_entry(doc);
+}
