@@ -254,17 +254,17 @@ pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
             Ok(None) => return,
             Err(error) => tracing::debug!(%error, "cannot read the source's newest oplog entry"),
         }
-        if refresh_majority(&ctx).await == Some(false) && !warned {
-            tracing::warn!(task_id = %ctx.cfg.task_id, "the source reports no majority commit point (hello.lastWrite.majorityOpTime): entries are applied as read, and a rollback after a failover cannot be excluded");
-            warned = true;
-        }
-        let known = ctx.state().rbid;
-        if let (Some(before), Some(now)) = (known, rollback_id(&ctx.src).await) {
-            if now != before {
-                ctx.fail(EngineError::SourceRolledBack {
-                    detail: format!("replSetGetRBID changed from {before} to {now}"),
-                });
-                return;
+        // A refresh that read a majority point also checked the rollback id; otherwise check it here.
+        match refresh_majority(&ctx).await {
+            Some(true) => {}
+            read => {
+                if read == Some(false) && !warned {
+                    tracing::warn!(task_id = %ctx.cfg.task_id, "the source reports no majority commit point (hello.lastWrite.majorityOpTime): entries are applied as read, and a rollback after a failover cannot be excluded");
+                    warned = true;
+                }
+                if !rollback_id_unchanged(&ctx).await.unwrap_or(true) {
+                    return;
+                }
             }
         }
         tokio::select! {
@@ -286,18 +286,8 @@ const MONITOR_EVERY: Duration = Duration::from_millis(250);
 pub(crate) async fn refresh_majority(ctx: &Ctx) -> Option<bool> {
     match majority_point(&ctx.src).await {
         Ok(Some(t)) => {
-            let known = ctx.state().rbid;
-            if let Some(before) = known {
-                match rollback_id(&ctx.src).await {
-                    Some(now) if now == before => {}
-                    Some(now) => {
-                        ctx.fail(EngineError::SourceRolledBack {
-                            detail: format!("replSetGetRBID changed from {before} to {now}"),
-                        });
-                        return None;
-                    }
-                    None => return None,
-                }
+            if !rollback_id_unchanged(ctx).await? {
+                return None;
             }
             ctx.live.majority.fetch_max(pack(t), Ordering::SeqCst);
             Some(true)
@@ -313,6 +303,23 @@ pub(crate) async fn refresh_majority(ctx: &Ctx) -> Option<bool> {
             None
         }
     }
+}
+
+/// Whether the source's rollback id is the one the task started with (`Some(true)` also when the task has none
+/// to compare); a change fails the task (`Some(false)`); `None` when the source did not answer.
+async fn rollback_id_unchanged(ctx: &Ctx) -> Option<bool> {
+    let known = ctx.state().rbid;
+    let Some(before) = known else {
+        return Some(true);
+    };
+    let now = rollback_id(&ctx.src).await?;
+    if now == before {
+        return Some(true);
+    }
+    ctx.fail(EngineError::SourceRolledBack {
+        detail: format!("replSetGetRBID changed from {before} to {now}"),
+    });
+    Some(false)
 }
 
 /// `hello.lastWrite.majorityOpTime.ts`; `Ok(None)` when the source does not report it.

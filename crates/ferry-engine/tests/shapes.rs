@@ -149,10 +149,7 @@ async fn unique_swaps_and_ttl_refreshes_during_the_copy_converge_and_indexes_are
             anyhow::Ok(())
         })
     };
-    run.wait_for("oplog sync", Duration::from_secs(60), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(60)).await?;
     // While the migration runs the destination's indexes are relaxed.
     let email = index_named(&p.dst, "app", "users", "email_1")
         .await
@@ -192,10 +189,7 @@ async fn cut_over_with_true_duplicates_fails_naming_them() -> Result<()> {
         .run_command(doc! {"createIndexes": "users", "indexes": [{"key": {"email": 1}, "name": "email_1", "unique": true}]})
         .await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     p.dst
         .database("app")
         .collection::<Document>("users")
@@ -311,10 +305,7 @@ async fn views_created_changed_and_dropped_during_the_migration_follow_the_sourc
     db.run_command(doc! {"create": "gone", "viewOn": "items", "pipeline": []})
         .await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     let from = newest_ts(&p.src).await;
     db.run_command(doc! {"create": "fresh", "viewOn": "items", "pipeline": [{"$match": {"a": 2}}]})
         .await?;
@@ -379,10 +370,7 @@ async fn aborted_index_builds_never_reach_the_destination() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     assert!(
         index_named(&p.dst, "app", "items", "a_1").await.is_none(),
         "an unfinished build was copied"
@@ -455,10 +443,7 @@ async fn capped_collections_keep_the_sources_natural_order() -> Result<()> {
         log.insert_one(doc! {"_id": i, "seq": 30 - i}).await?;
     }
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     for i in (100..160).rev() {
         log.insert_one(doc! {"_id": i, "seq": 160 - i}).await?;
     }
@@ -509,10 +494,7 @@ async fn cross_database_renames_follow_the_source() -> Result<()> {
         .insert_one(doc! {"_id": 1})
         .await?;
     let run = start(p.config(&["a", "b"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     let from = newest_ts(&p.src).await;
     p.src
         .database("admin")
@@ -569,10 +551,7 @@ async fn invalid_utf8_strings_migrate_byte_for_byte() -> Result<()> {
     let raw_coll = p.src.database("app").collection::<RawDocumentBuf>("legacy");
     raw_coll.insert_one(doc_with_bad_string(1)).await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     raw_coll.insert_one(doc_with_bad_string(2)).await?;
     let plain = p.src.database("app").collection::<Document>("legacy");
     plain
@@ -607,10 +586,7 @@ async fn a_time_series_collection_created_during_the_migration_fails_clearly() -
         .insert_one(doc! {"_id": 1})
         .await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     p.src
         .database("app")
         .run_command(doc! {"create": "metrics", "timeseries": {"timeField": "t"}})
@@ -635,10 +611,7 @@ async fn transactions_small_and_large_apply_at_commit() -> Result<()> {
     c.insert_many((0..10).map(|i| doc! {"_id": i, "bal": 100}))
         .await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     let mut session = p.src.start_session().await?;
     for k in 0..5 {
         session.start_transaction().await?;
@@ -689,10 +662,7 @@ async fn writes_above_the_majority_point_wait_and_a_rollback_fails_the_task() ->
     let c = p.src.database("app").collection::<Document>("c");
     c.insert_one(doc! {"_id": 1}).await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     p.source.hold_majority();
     c.insert_one(doc! {"_id": 2}).await?;
     // Wait until the engine has read past it (the tailer spooled it) and applied what it may.
@@ -744,10 +714,7 @@ async fn the_entry_a_task_fails_on_is_saved_and_named() -> Result<()> {
         .run_command(doc! {"createIndexes": "users", "indexes": [{"key": {"email": 1}, "name": "email_1", "unique": true}]})
         .await?;
     let run = start(p.config(&["app"]), None);
-    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
-        s.phases.contains(&ferry_engine::Phase::OplogSync)
-    })
-    .await?;
+    run.wait_for_oplog_sync(Duration::from_secs(30)).await?;
     p.src
         .database("app")
         .collection::<Document>("users")

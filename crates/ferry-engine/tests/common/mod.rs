@@ -161,6 +161,14 @@ impl Run {
         }
     }
 
+    /// Waits (up to `timeout`) until the engine reached OPLOG_SYNC.
+    pub async fn wait_for_oplog_sync(&self, timeout: Duration) -> Result<()> {
+        self.wait_for("oplog sync", timeout, |s| {
+            s.phases.contains(&Phase::OplogSync)
+        })
+        .await
+    }
+
     pub fn last_checkpoint(&self) -> Option<Checkpoint> {
         self.seen.lock().unwrap().checkpoints.last().cloned()
     }
