@@ -151,6 +151,7 @@ impl World {
             destination_instance_id: INSTANCE_ID.into(),
             databases: databases.iter().map(|d| d.to_string()).collect(),
             require_verification: false,
+            tenant: String::new(),
         }
     }
 

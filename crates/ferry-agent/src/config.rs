@@ -55,8 +55,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Base URL of the cloud metadata service (paths `instance-id`, `placement/region`, `local-ipv4`).
     pub metadata_url: String,
-    /// Agent enrollment token sent as `authorization: Bearer ...`.
-    pub token: Option<Secret>,
+    /// Single-use join token for the first start (enrollment); unused once enrolled.
+    pub join_token: Option<Secret>,
     /// Talk plaintext HTTP/2 to the coordinator (loopback and tests only).
     pub plaintext: bool,
     /// Extra CA (PEM) to trust for the coordinator's TLS certificate.
@@ -88,7 +88,7 @@ impl AgentConfig {
             coordinator: coordinator.into(),
             data_dir: data_dir.into(),
             metadata_url: DEFAULT_METADATA_URL.to_owned(),
-            token: None,
+            join_token: None,
             plaintext: false,
             tls_ca: None,
             pool: false,
@@ -163,13 +163,13 @@ pub struct Args {
     /// Base URL of the cloud metadata service.
     #[arg(long)]
     pub metadata_url: Option<String>,
-    /// File holding the agent enrollment token.
+    /// File holding a join token (`ferryctl agent join-token create`): used once, on the first start, to enroll.
     #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    pub join_token_file: Option<PathBuf>,
     /// Plaintext HTTP/2 to the coordinator (loopback and tests only).
     #[arg(long)]
     pub plaintext: bool,
-    /// Serve public-network tasks (join the agent pool).
+    /// Informational only: pool membership comes from the join token (`--pool` when it is created).
     #[arg(long)]
     pub pool: bool,
     /// CA certificate (PEM) to trust for the coordinator.
@@ -269,8 +269,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Metadata service base URL.
     pub metadata_url: Option<String>,
-    /// File holding the enrollment token.
-    pub token_file: Option<PathBuf>,
+    /// File holding a join token, used once to enroll.
+    pub join_token_file: Option<PathBuf>,
     /// Plaintext HTTP/2 (loopback and tests only).
     pub plaintext: Option<bool>,
     /// Join the public-network pool.
@@ -339,8 +339,8 @@ impl Args {
         if let Some(url) = self.metadata_url.or(file.metadata_url) {
             config.metadata_url = url;
         }
-        if let Some(path) = self.token_file.or(file.token_file) {
-            config.token = Some(read_token_file(&path)?);
+        if let Some(path) = self.join_token_file.or(file.join_token_file) {
+            config.join_token = Some(read_token_file(&path)?);
         }
         config.plaintext = self.plaintext || file.plaintext.unwrap_or(false);
         config.pool = self.pool || file.pool.unwrap_or(false);
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn secret_debug_is_redacted() {
         let mut config = AgentConfig::new("https://127.0.0.1:1", "/nonexistent");
-        config.token = Some(Secret::new("s3cr3t-token"));
+        config.join_token = Some(Secret::new("s3cr3t-token"));
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cr3t-token"), "{shown}");
         assert!(shown.contains("<redacted>"));
@@ -470,7 +470,7 @@ mod tests {
         std::fs::write(
             &file,
             format!(
-                "coordinator = \"https://127.0.0.1:7443\"\ndata_dir = \"x\"\npool = true\nreconnect_max = \"5s\"\ntoken_file = {:?}\n",
+                "coordinator = \"https://127.0.0.1:7443\"\ndata_dir = \"x\"\npool = true\nreconnect_max = \"5s\"\njoin_token_file = {:?}\n",
                 token.display().to_string()
             ),
         )
@@ -488,7 +488,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("x"));
         assert!(config.pool);
         assert_eq!(config.reconnect_max, Duration::from_secs(5));
-        assert_eq!(config.token.unwrap().expose(), "tok");
+        assert_eq!(config.join_token.unwrap().expose(), "tok");
         assert_eq!(format, LogFormat::Text);
 
         std::fs::write(&file, "coordinatr = \"x\"\n").unwrap();

@@ -5,16 +5,10 @@
 //! empty and the error is kept so the checks can explain it.
 
 use std::net::IpAddr;
-use std::path::Path;
+
 use std::time::Duration;
 
-use rand::Rng;
 use tracing::{debug, warn};
-
-use crate::AgentError;
-
-/// File in the data dir holding the agent id.
-pub const AGENT_ID_FILE: &str = "agent-id";
 
 /// Values read from the cloud metadata service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -176,57 +170,9 @@ pub fn is_valid_agent_id(id: &str) -> bool {
     })
 }
 
-/// Loads the agent id from `<data_dir>/agent-id`, generating and persisting it on first start.
-pub fn load_or_create_agent_id(data_dir: &Path) -> Result<String, AgentError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| AgentError::io(data_dir, e))?;
-    let path = data_dir.join(AGENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let id = text.trim();
-            if is_valid_agent_id(id) {
-                return Ok(id.to_owned());
-            }
-            Err(AgentError::Config(format!(
-                "{} holds {id:?}, not an agent id (agent- + 12 lowercase hex); fix or remove it",
-                path.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes: [u8; 6] = rand::thread_rng().gen();
-            let id = format!(
-                "agent-{}",
-                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
-            let tmp = data_dir.join(format!("{AGENT_ID_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{id}\n")).map_err(|e| AgentError::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| AgentError::io(&path, e))?;
-            Ok(id)
-        }
-        Err(e) => Err(AgentError::io(&path, e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_id_is_generated_once_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create_agent_id(dir.path()).unwrap();
-        assert!(is_valid_agent_id(&first), "{first}");
-        let second = load_or_create_agent_id(dir.path()).unwrap();
-        assert_eq!(first, second);
-        let other = tempfile::tempdir().unwrap();
-        assert_ne!(first, load_or_create_agent_id(other.path()).unwrap());
-    }
-
-    #[test]
-    fn corrupt_agent_id_is_an_error_not_a_new_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(AGENT_ID_FILE), "garbage").unwrap();
-        assert!(load_or_create_agent_id(dir.path()).is_err());
-    }
 
     #[test]
     fn agent_id_format() {

@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod config;
 mod convert;
 pub mod copy_rate;
+pub mod enrollment;
 pub mod identity;
 pub mod replay;
 mod runner;
@@ -81,16 +82,68 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Runs the agent until `shutdown` completes: loads (or creates) the agent id, then keeps a session with the
-/// coordinator open, reconnecting with capped exponential backoff and jitter. Local work survives reconnects;
-/// on shutdown it is cancelled (without rolling anything back) and awaited.
+/// The agent's enrollment: the saved one, or a new one made with the join token (retrying while the coordinator is
+/// unreachable; a refused token is an error that only a new token fixes).
+async fn enrollment_or_enroll(
+    config: &AgentConfig,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<enrollment::Enrollment>, AgentError> {
+    if let Some(saved) = enrollment::Enrollment::load(&config.data_dir)? {
+        return Ok(Some(saved));
+    }
+    let Some(join_token) = &config.join_token else {
+        return Err(AgentError::Config(format!(
+            "this agent is not enrolled ({} has no {}): create a join token with `ferryctl agent join-token create` and pass it with --join-token-file",
+            config.data_dir.display(),
+            enrollment::ENROLLMENT_FILE
+        )));
+    };
+    let mut backoff = backoff::Backoff::new(config.reconnect_initial, config.reconnect_max);
+    loop {
+        match enrollment::enroll(config, join_token).await {
+            Ok(e) => return Ok(Some(e)),
+            Err(AgentError::Status(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Err(AgentError::Config(format!(
+                    "the coordinator refused the enrollment: {}",
+                    status.message()
+                )));
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                warn!(error = %error_chain(&error), delay_ms = delay.as_millis() as u64,
+                    "enrollment failed; retrying");
+                tokio::select! {
+                    () = shutdown.as_mut() => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes: loads its enrollment (or enrolls with the join token), then keeps a
+/// session with the coordinator open, reconnecting with capped exponential backoff and jitter. Local work
+/// survives reconnects; on shutdown it is cancelled (without rolling anything back) and awaited.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     config.validate()?;
-    let agent_id = identity::load_or_create_agent_id(&config.data_dir)?;
-    info!(%agent_id, coordinator = %config.coordinator, pool = config.pool, "ferry-agent starting");
+    tokio::pin!(shutdown);
+    let Some(enrolled) = enrollment_or_enroll(&config, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let agent_id = enrolled.agent_id.clone();
+    info!(%agent_id, coordinator = %config.coordinator, cvm_id = %enrolled.cvm_id, pool = enrolled.pool,
+        "ferry-agent starting");
+    let credential = std::sync::Mutex::new(enrolled);
 
     let cancel = CancellationToken::new();
     let (reports_tx, mut reports_rx) = mpsc::channel(REPORTS_CAPACITY);
@@ -102,7 +155,7 @@ pub async fn run(
         loop {
             let outcome = session::run_session(
                 &config,
-                &agent_id,
+                &credential,
                 &runner,
                 &mut reports_rx,
                 &mut carry,
@@ -118,10 +171,16 @@ pub async fn run(
                     info!(%agent_id, "coordinator closed the session")
                 }
                 Err(AgentError::Status(status))
-                    if status.code() == tonic::Code::Unauthenticated =>
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
                 {
                     warn!(%agent_id, message = %status.message(),
-                        "coordinator rejected the enrollment token; check --token-file");
+                        "coordinator refused this agent's credential");
+                }
+                Err(AgentError::Status(status)) if status.code() == tonic::Code::AlreadyExists => {
+                    info!(%agent_id, message = %status.message(), "a previous session is still open; retrying");
                 }
                 Err(error) => {
                     warn!(%agent_id, error = %error_chain(&error), "session with the coordinator failed")
@@ -136,7 +195,6 @@ pub async fn run(
         }
     };
 
-    tokio::pin!(shutdown);
     tokio::select! {
         () = sessions => {}
         () = &mut shutdown => {

@@ -207,7 +207,7 @@ impl TaskRunner {
         };
         use coordinator_message::Body;
         match body {
-            Body::Welcome(_) | Body::Heartbeat(_) => {}
+            Body::Welcome(_) | Body::Heartbeat(_) | Body::CertificateIssued(_) => {}
             Body::RunChecks(command) => crate::work::run_checks(self, task_id, epoch, command),
             Body::StartMigration(command) => {
                 crate::work::start_migration(self, task_id, epoch, command)

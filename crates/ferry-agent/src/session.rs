@@ -13,10 +13,11 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info};
 
 use crate::config::AgentConfig;
+use crate::enrollment::{self, Enrollment};
 use crate::identity;
 use crate::runner::TaskRunner;
 use crate::AgentError;
@@ -45,8 +46,12 @@ pub(crate) struct SessionOutcome {
     pub(crate) result: Result<SessionEnd, AgentError>,
 }
 
-/// Opens a channel to the coordinator (TLS unless `plaintext`).
-pub(crate) async fn connect(config: &AgentConfig) -> Result<Channel, AgentError> {
+/// Opens a channel to the coordinator (TLS unless `plaintext`), presenting the enrollment's client certificate
+/// when there is one.
+pub(crate) async fn connect(
+    config: &AgentConfig,
+    enrollment: Option<&Enrollment>,
+) -> Result<Channel, AgentError> {
     let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| {
             AgentError::Config(format!(
@@ -66,6 +71,9 @@ pub(crate) async fn connect(config: &AgentConfig) -> Result<Channel, AgentError>
                 .map_err(|e| AgentError::io(ca, e))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
+        if let Some(e) = enrollment {
+            tls = tls.identity(Identity::from_pem(&e.certificate_pem, &e.key_pem));
+        }
         endpoint = endpoint.tls_config(tls)?;
     }
     Ok(endpoint.connect().await?)
@@ -74,7 +82,7 @@ pub(crate) async fn connect(config: &AgentConfig) -> Result<Channel, AgentError>
 /// Runs one session; `carry` holds a report that could not be sent by the previous session.
 pub(crate) async fn run_session(
     config: &AgentConfig,
-    agent_id: &str,
+    credential: &std::sync::Mutex<Enrollment>,
     runner: &TaskRunner,
     reports_rx: &mut mpsc::Receiver<AgentMessage>,
     carry: &mut Option<AgentMessage>,
@@ -84,7 +92,7 @@ pub(crate) async fn run_session(
     let result = tokio::select! {
         biased;
         () = cancel.cancelled() => Ok(SessionEnd::Shutdown),
-        result = session(config, agent_id, runner, reports_rx, carry, cancel, &mut established) => result,
+        result = session(config, credential, runner, reports_rx, carry, cancel, &mut established) => result,
     };
     SessionOutcome {
         established,
@@ -94,13 +102,18 @@ pub(crate) async fn run_session(
 
 async fn session(
     config: &AgentConfig,
-    agent_id: &str,
+    credential: &std::sync::Mutex<Enrollment>,
     runner: &TaskRunner,
     reports_rx: &mut mpsc::Receiver<AgentMessage>,
     carry: &mut Option<AgentMessage>,
     cancel: &CancellationToken,
     established: &mut bool,
 ) -> Result<SessionEnd, AgentError> {
+    let current = credential
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let agent_id = current.agent_id.as_str();
     let host = identity::gather(&config.metadata_url, config.metadata_timeout).await;
     runner.set_identity(host.clone());
     let hello = AgentHello {
@@ -116,7 +129,7 @@ async fn session(
         pool: config.pool,
     };
 
-    let channel = connect(config).await?;
+    let channel = connect(config, Some(&current)).await?;
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(OUTBOUND_CAPACITY);
     out_tx
         .send(AgentMessage {
@@ -127,14 +140,15 @@ async fn session(
         .await
         .map_err(|_| AgentError::Protocol("outbound stream closed before the hello".to_owned()))?;
     let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
-    if let Some(token) = &config.token {
-        let value: MetadataValue<_> =
-            format!("Bearer {}", token.expose()).parse().map_err(|_| {
+    if config.plaintext {
+        if let Some(bearer) = current.bearer() {
+            let value: MetadataValue<_> = bearer.expose().parse().map_err(|_| {
                 AgentError::Config(
-                    "the token contains characters not allowed in a header".to_owned(),
+                    "the enrollment secret contains characters not allowed in a header".to_owned(),
                 )
             })?;
-        request.metadata_mut().insert("authorization", value);
+            request.metadata_mut().insert("authorization", value);
+        }
     }
     let mut inbound = AgentServiceClient::new(channel)
         .connect(request)
@@ -176,6 +190,8 @@ async fn session(
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // The key of a renewal request in flight, and when it was sent.
+    let mut renewing: Option<(String, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -185,6 +201,20 @@ async fn session(
                     last_seen = Instant::now();
                     debug!(task_id = %message.task_id, epoch = message.epoch,
                         command = body_kind(message.body.as_ref()), "command received");
+                    if let Some(coordinator_message::Body::CertificateIssued(issued)) = &message.body {
+                        if let Some((key_pem, _)) = renewing.take() {
+                            let mut guard = credential.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let next = enrollment::renewed(&guard, key_pem, issued);
+                            match next.save(&config.data_dir) {
+                                Ok(()) => {
+                                    info!(%agent_id, "client certificate renewed");
+                                    *guard = next;
+                                }
+                                Err(error) => tracing::warn!(%agent_id, %error, "could not save the renewed certificate"),
+                            }
+                        }
+                        continue;
+                    }
                     runner.handle(message);
                 }
                 Ok(None) => return Ok(SessionEnd::Closed),
@@ -205,6 +235,23 @@ async fn session(
                 };
                 if out_tx.try_send(beat).is_err() {
                     debug!("outbound queue full, heartbeat skipped");
+                }
+                let due = !config.plaintext
+                    && renewing.as_ref().is_none_or(|(_, sent)| sent.elapsed() > Duration::from_secs(120))
+                    && credential.lock().unwrap_or_else(std::sync::PoisonError::into_inner).renewal_due();
+                if due {
+                    let (key_pem, csr_pem) = enrollment::key_and_csr(agent_id)?;
+                    let ask = AgentMessage {
+                        task_id: String::new(),
+                        epoch: 0,
+                        body: Some(agent_message::Body::RenewCertificate(
+                            ferry_proto::v1::RenewCertificate { csr_pem },
+                        )),
+                    };
+                    if out_tx.try_send(ask).is_ok() {
+                        info!(%agent_id, "asking the coordinator to renew the client certificate");
+                        renewing = Some((key_pem, Instant::now()));
+                    }
                 }
             }
             report = reports_rx.recv() => match report {
@@ -234,5 +281,6 @@ pub(crate) fn body_kind(body: Option<&coordinator_message::Body>) -> &'static st
         Some(Body::ListDatabases(_)) => "list_databases",
         Some(Body::ReportRejected(_)) => "report_rejected",
         Some(Body::StartVerification(_)) => "start_verification",
+        Some(Body::CertificateIssued(_)) => "certificate_issued",
     }
 }

@@ -1,6 +1,7 @@
 //! Agent session tests against a fake coordinator (an in-test AgentService) and a local metadata HTTP server:
-//! hello content and token, metadata read over HTTP, unsupported commands answered with CommandError, and
-//! reconnection with backoff (same agent_id) after the coordinator restarts.
+//! enrollment (once, with the join token and the metadata's instance id), hello content and the enrolled
+//! credential, metadata read over HTTP, unsupported commands answered with CommandError, and reconnection with
+//! backoff (same agent_id) after the coordinator restarts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 
@@ -37,13 +38,35 @@ struct Conn {
 #[derive(Clone)]
 struct FakeCoordinator {
     conns: mpsc::Sender<Conn>,
+    enrollments: std::sync::Arc<std::sync::Mutex<Vec<ferry_proto::v1::EnrollRequest>>>,
 }
+
+/// The secret the fake coordinator issues at enrollment.
+const SECRET: &str = "s3cret";
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for FakeCoordinator {
     type ConnectStream = OutStream;
+
+    async fn enroll(
+        &self,
+        request: Request<ferry_proto::v1::EnrollRequest>,
+    ) -> Result<Response<ferry_proto::v1::EnrollResponse>, Status> {
+        let request = request.into_inner();
+        if request.join_token != TOKEN {
+            return Err(Status::unauthenticated("unknown join token"));
+        }
+        let mut enrollments = self.enrollments.lock().unwrap();
+        enrollments.push(request);
+        Ok(Response::new(ferry_proto::v1::EnrollResponse {
+            agent_id: format!("agent-{:012x}", enrollments.len()),
+            agent_secret: SECRET.into(),
+            pool: true,
+            ..Default::default()
+        }))
+    }
 
     async fn connect(
         &self,
@@ -71,7 +94,10 @@ impl AgentService for FakeCoordinator {
 /// Serves the fake coordinator on `listener` until `stop` is cancelled.
 fn serve(listener: TcpListener, stop: CancellationToken) -> mpsc::Receiver<Conn> {
     let (tx, rx) = mpsc::channel(8);
-    let service = AgentServiceServer::new(FakeCoordinator { conns: tx });
+    let service = AgentServiceServer::new(FakeCoordinator {
+        conns: tx,
+        enrollments: Default::default(),
+    });
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(service)
@@ -136,7 +162,7 @@ fn agent_config(
     let mut config = AgentConfig::new(format!("http://{coordinator}"), data_dir);
     config.plaintext = true;
     config.metadata_url = format!("http://{metadata}/latest/meta-data/");
-    config.token = Some(Secret::new(TOKEN));
+    config.join_token = Some(Secret::new(TOKEN));
     config.reconnect_initial = Duration::from_millis(20);
     config.reconnect_max = Duration::from_millis(200);
     config.metadata_timeout = Duration::from_millis(500);
@@ -179,6 +205,7 @@ async fn welcome(conn: &Conn, heartbeat_interval_ms: u32) {
             epoch: 0,
             body: Some(coordinator_message::Body::Welcome(Welcome {
                 heartbeat_interval_ms,
+                agent_id: String::new(),
             })),
         }))
         .await
@@ -252,11 +279,12 @@ async fn hello_carries_identity_and_token_and_unknown_commands_get_unsupported_c
     ));
 
     let mut conn = next_conn(&mut conns).await;
+    let hello = hello(&mut conn).await;
+    // The session presents the enrolled credential, never the join token.
     assert_eq!(
         conn.authorization.as_deref(),
-        Some(format!("Bearer {TOKEN}").as_str())
+        Some(format!("Bearer {}.{SECRET}", hello.agent_id).as_str())
     );
-    let hello = hello(&mut conn).await;
     assert!(
         identity::is_valid_agent_id(&hello.agent_id),
         "{}",
@@ -271,8 +299,10 @@ async fn hello_carries_identity_and_token_and_unknown_commands_get_unsupported_c
     );
     assert!(hello.pool);
     assert!(hello.running.is_empty());
-    let stored = std::fs::read_to_string(data_dir.path().join(identity::AGENT_ID_FILE)).unwrap();
-    assert_eq!(stored.trim(), hello.agent_id);
+    let stored = ferry_agent::enrollment::Enrollment::load(data_dir.path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.agent_id, hello.agent_id);
 
     welcome(&conn, 100).await;
     // Heartbeats flow once welcomed.

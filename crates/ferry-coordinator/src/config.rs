@@ -28,30 +28,46 @@ impl std::fmt::Debug for TlsPem {
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where sled, the secret key and generated tokens live.
+    /// Where sled, the secret key, the agent CA and generated tokens live.
     pub data_dir: PathBuf,
-    /// `None` means plaintext (only when explicitly asked for).
+    /// `None` means plaintext: refused unless the listener is on a loopback address.
     pub tls: Option<TlsPem>,
-    /// Bearer token operators present on MigrationService.
+    /// Without a principals file: the bearer token of the one principal, `admin`.
     pub operator_token: Secret,
-    /// Bearer token agents present on AgentService.
-    pub agent_token: Secret,
+    /// Named principals with roles and tenants; replaces `operator_token` when set.
+    pub principals: Option<crate::principal::Principals>,
     /// Heartbeat interval announced to agents.
     pub heartbeat_interval: Duration,
     /// How long ListSourceDatabases waits for the agent.
     pub list_databases_timeout: Duration,
+    /// Public-network tasks may name loopback, link-local and private addresses (labs and tests only).
+    pub allow_private_sources: bool,
+    /// Serve gRPC server reflection.
+    pub reflection: bool,
+    /// A JSON-lines copy of the audit log, for log shippers.
+    pub audit_log: Option<PathBuf>,
+    /// Lifetime of the client certificates issued to agents (renewed over the session at two thirds).
+    pub agent_cert_ttl: Duration,
+    /// Most WatchTask streams open at once.
+    pub max_watchers: usize,
 }
 
 impl Config {
-    /// A plaintext config with the given tokens and default timings: for tests.
-    pub fn plaintext(data_dir: PathBuf, operator_token: &str, agent_token: &str) -> Self {
+    /// A plaintext config with the given operator token and defaults: for tests. Private sources are allowed (the
+    /// tests' sources are on loopback).
+    pub fn plaintext(data_dir: PathBuf, operator_token: &str) -> Self {
         Self {
             data_dir,
             tls: None,
             operator_token: Secret::new(operator_token),
-            agent_token: Secret::new(agent_token),
+            principals: None,
             heartbeat_interval: Duration::from_secs(2),
             list_databases_timeout: Duration::from_secs(30),
+            allow_private_sources: true,
+            reflection: true,
+            audit_log: None,
+            agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_watchers: 256,
         }
     }
 }
@@ -67,7 +83,19 @@ pub struct FileConfig {
     /// Serve without TLS (loopback and tests only).
     pub plaintext: Option<bool>,
     pub operator_token_file: Option<PathBuf>,
+    /// Gone: agents enroll with join tokens. Kept only to explain that when an old file sets it.
     pub agent_token_file: Option<PathBuf>,
+    /// Principals file (TOML `[[principal]]` tables).
+    pub principals_file: Option<PathBuf>,
+    /// Allow public-network tasks on loopback, link-local and private addresses.
+    pub allow_private_sources: Option<bool>,
+    /// Serve gRPC reflection (default true).
+    pub reflection: Option<bool>,
+    /// JSON-lines copy of the audit log.
+    pub audit_log: Option<PathBuf>,
+    /// Lifetime of agent certificates, e.g. "30d".
+    #[serde(default, with = "humantime_serde")]
+    pub agent_cert_ttl: Option<Duration>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,

@@ -53,6 +53,7 @@ pub fn spec_input(spec: Option<pb::TaskSpec>) -> TaskSpecInput {
         destination_instance_id: spec.destination_instance_id,
         databases: spec.databases,
         require_verification: spec.require_verification,
+        tenant: spec.tenant,
     }
 }
 
@@ -65,6 +66,7 @@ pub fn instance_input(instance: Option<pb::Instance>) -> InstanceInput {
         uri: instance.uri,
         username: instance.username,
         password: Secret::new(instance.password),
+        tenant: instance.tenant,
     }
 }
 
@@ -93,6 +95,7 @@ pub fn spec_to_pb(spec: &TaskSpec, with_password: bool) -> pb::TaskSpec {
         destination_instance_id: spec.destination_instance_id.to_string(),
         databases: spec.databases.clone(),
         require_verification: spec.require_verification,
+        tenant: spec.tenant.clone(),
     }
 }
 
@@ -117,6 +120,7 @@ pub fn instance_to_pb(instance: &Instance) -> pb::Instance {
         password: String::new(),
         password_set: instance.password.is_set(),
         create_time: Some(timestamp(instance.create_time_ms)),
+        tenant: instance.tenant.clone(),
     }
 }
 
@@ -285,6 +289,10 @@ pub fn agent_to_pb(agent: &AgentRecord, connected: bool, task_ids: Vec<String>) 
         connected,
         last_seen_time: Some(timestamp(agent.last_seen_ms)),
         task_ids,
+        pool: agent.pool,
+        tenant: agent.tenant.clone(),
+        enroll_time: (agent.enrolled_ms > 0).then(|| timestamp(agent.enrolled_ms)),
+        revoke_time: agent.revoked_ms.map(timestamp),
     }
 }
 

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::convert::{self, now_ms};
 use crate::error::ServiceError;
+use crate::principal::Principal;
 use crate::registry::Registry;
 use crate::scheduler;
 
@@ -32,6 +33,12 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// How long ListSourceDatabases waits for the agent's answer.
     pub list_databases_timeout: Duration,
+    /// Serving without TLS (loopback only): agents authenticate with their enrollment secret.
+    pub plaintext: bool,
+    /// Public-network tasks may name loopback, link-local and private addresses (labs only).
+    pub allow_private_sources: bool,
+    /// Most WatchTask streams open at once.
+    pub max_watchers: usize,
 }
 
 impl Default for Settings {
@@ -39,8 +46,18 @@ impl Default for Settings {
         Self {
             heartbeat_interval: Duration::from_secs(2),
             list_databases_timeout: Duration::from_secs(30),
+            plaintext: false,
+            allow_private_sources: false,
+            max_watchers: 256,
         }
     }
+}
+
+/// What the coordinator trusts and records with: the agent CA, the principals and the audit log.
+pub struct Trust {
+    pub ca: crate::ca::AgentCa,
+    pub principals: crate::principal::Principals,
+    pub auditor: crate::audit::Auditor,
 }
 
 /// Largest page of a List call.
@@ -70,6 +87,13 @@ pub struct Coordinator {
     pub(crate) cancel: CancellationToken,
     /// Tracks sessions and watch streams so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
+    pub(crate) ca: crate::ca::AgentCa,
+    pub(crate) principals: crate::principal::Principals,
+    pub(crate) auditor: crate::audit::Auditor,
+    /// Open WatchTask streams.
+    pub(crate) watchers: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Serialises read-modify-write of agent records (revocation must never be overwritten by a heartbeat).
+    pub(crate) agent_write: std::sync::Arc<Mutex<()>>,
 }
 
 /// A page of results and the token of the next one (empty when done).
@@ -79,9 +103,14 @@ pub struct Page<T> {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, settings: Settings, cancel: CancellationToken) -> Self {
+    pub fn new(store: Store, settings: Settings, trust: Trust, cancel: CancellationToken) -> Self {
         let (changes, _) = broadcast::channel(1024);
         Self {
+            watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.max_watchers)),
+            agent_write: std::sync::Arc::new(Mutex::new(())),
+            ca: trust.ca,
+            principals: trust.principals,
+            auditor: trust.auditor,
             store,
             registry: Registry::default(),
             changes,
@@ -164,6 +193,7 @@ impl Coordinator {
 
     pub async fn list_instances(
         &self,
+        by: &Principal,
         page_size: i32,
         page_token: &str,
         region: &str,
@@ -175,7 +205,7 @@ impl Coordinator {
             page_size,
             page_token,
             |i| i.instance_id.to_string(),
-            move |i| region.is_empty() || i.region == region,
+            move |i| by.sees(&i.tenant) && (region.is_empty() || i.region == region),
         )
     }
 
@@ -222,6 +252,15 @@ impl Coordinator {
                     ),
                 )
             })?;
+        if instance.tenant != spec.tenant {
+            return Err(ServiceError::invalid(
+                "spec.destination_instance_id",
+                format!(
+                    "unknown instance {} in tenant {}: register it first",
+                    spec.destination_instance_id, spec.tenant
+                ),
+            ));
+        }
         if spec.kind == TaskKind::Cvm && instance.region != spec.region {
             return Err(ServiceError::invalid(
                 "spec.region",
@@ -239,6 +278,7 @@ impl Coordinator {
         input: ferry_core::TaskSpecInput,
     ) -> Result<Task, ServiceError> {
         let spec = TaskSpec::try_from(input)?;
+        self.check_source(&spec)?;
         self.check_destination(&spec).await?;
         let _guard = self.write_lock.lock().await;
         let tasks = self.db(|s| s.list_tasks()).await?;
@@ -260,6 +300,7 @@ impl Coordinator {
 
     pub async fn list_tasks(
         &self,
+        by: &Principal,
         page_size: i32,
         page_token: &str,
         region: &str,
@@ -280,7 +321,8 @@ impl Coordinator {
             page_token,
             |t| t.id.to_string(),
             move |t| {
-                (region.is_empty() || t.spec.region == region)
+                by.sees(&t.spec.tenant)
+                    && (region.is_empty() || t.spec.region == region)
                     && state_filter.is_none_or(|s| t.state == s)
             },
         )
@@ -297,9 +339,29 @@ impl Coordinator {
         task.apply(Action::Update, now_ms())?;
         let keep_password = !input.password.is_set();
         let mut spec = TaskSpec::try_from(input)?;
+        if spec.tenant != task.spec.tenant {
+            return Err(ServiceError::invalid(
+                "spec.tenant",
+                format!(
+                    "cannot change ({} -> {}): create the task again in the other tenant",
+                    task.spec.tenant, spec.tenant
+                ),
+            ));
+        }
         if keep_password {
+            let moved = retargeted(&task.spec, &spec);
+            if !moved.is_empty() {
+                return Err(ServiceError::invalid(
+                    "spec.password",
+                    format!(
+                        "is required again because the update changes where the data comes from or goes to ({}): the stored password is never sent to a new place",
+                        moved.join(", ")
+                    ),
+                ));
+            }
             spec.password = task.spec.password.clone();
         }
+        self.check_source(&spec)?;
         self.check_destination(&spec).await?;
         let tasks = self.db(|s| s.list_tasks()).await?;
         if tasks.iter().any(|t| t.spec.name == spec.name && t.id != id) {
@@ -449,6 +511,7 @@ impl Coordinator {
 
     pub async fn list_agents(
         &self,
+        by: &Principal,
         page_size: i32,
         page_token: &str,
     ) -> Result<Page<pb::Agent>, ServiceError> {
@@ -458,7 +521,7 @@ impl Coordinator {
             page_size,
             page_token,
             |a| a.agent_id.to_string(),
-            |_| true,
+            |a| by.tenants.is_empty() || (!a.tenant.is_empty() && by.sees(&a.tenant)),
         )?;
         let items = page
             .items
@@ -466,7 +529,11 @@ impl Coordinator {
             .map(|a| {
                 let ids = tasks
                     .iter()
-                    .filter(|t| t.agent_id.as_ref() == Some(&a.agent_id) && !t.state.is_terminal())
+                    .filter(|t| {
+                        t.agent_id.as_ref() == Some(&a.agent_id)
+                            && !t.state.is_terminal()
+                            && by.sees(&t.spec.tenant)
+                    })
                     .map(|t| t.id.to_string())
                     .collect();
                 convert::agent_to_pb(a, self.registry.is_connected(&a.agent_id), ids)
@@ -478,10 +545,122 @@ impl Coordinator {
         })
     }
 
-    /// Records an agent's identity (hello or heartbeat).
+    /// Records what an agent said in its hello (never its binding, credentials or revocation).
     pub(crate) async fn remember_agent(&self, record: AgentRecord) -> Result<(), ServiceError> {
-        self.db(move |s| s.put_agent(&record)).await
+        let lock = std::sync::Arc::clone(&self.agent_write);
+        self.db(move |s| {
+            let _guard = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(mut stored) = s.get_agent(&record.agent_id)? else {
+                return Ok(());
+            };
+            stored.private_ips = record.private_ips;
+            stored.version = record.version;
+            stored.hostname = record.hostname;
+            stored.capabilities = record.capabilities;
+            stored.last_seen_ms = record.last_seen_ms;
+            s.put_agent(&stored)
+        })
+        .await
     }
+
+    /// Records that an agent was seen now.
+    pub(crate) async fn touch_agent(&self, id: &ferry_core::AgentId) -> Result<(), ServiceError> {
+        let lock = std::sync::Arc::clone(&self.agent_write);
+        let id = id.clone();
+        self.db(move |s| {
+            let _guard = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(mut stored) = s.get_agent(&id)? else {
+                return Ok(());
+            };
+            stored.last_seen_ms = now_ms();
+            s.put_agent(&stored)
+        })
+        .await
+    }
+
+    /// The principal name carried by an operator's client certificate (never by an agent's).
+    pub(crate) fn operator_subject(&self, der: &[u8]) -> Option<String> {
+        self.ca.operator_subject(der)
+    }
+
+    /// Source checks that depend on the coordinator's settings.
+    pub(crate) fn check_source(&self, spec: &TaskSpec) -> Result<(), ServiceError> {
+        if spec.kind == TaskKind::PublicNetwork && !self.settings.allow_private_sources {
+            ferry_core::check_public_source_host(&spec.mongo_host)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what is stale: join tokens a day past their expiry, and agents revoked over a week ago or not seen
+    /// for 30 days that hold no unfinished task. Returns how many of each were removed.
+    pub(crate) async fn clean_up(&self) -> Result<(usize, usize), ServiceError> {
+        const DAY_MS: i64 = 24 * 3600 * 1000;
+        let now = now_ms();
+        let connected: Vec<ferry_core::AgentId> = self
+            .registry
+            .connected()
+            .into_iter()
+            .map(|a| a.agent_id)
+            .collect();
+        let lock = std::sync::Arc::clone(&self.agent_write);
+        self.db(move |s| {
+            let mut tokens = 0;
+            for t in s.list_join_tokens()? {
+                if now > t.expires_ms + DAY_MS && s.delete_join_token(&t.hash)? {
+                    tokens += 1;
+                }
+            }
+            let tasks = s.list_tasks()?;
+            let _guard = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut agents = 0;
+            for a in s.list_agents()? {
+                let busy = tasks
+                    .iter()
+                    .any(|t| t.agent_id.as_ref() == Some(&a.agent_id) && !t.state.is_terminal());
+                let stale = a.revoked_ms.is_some_and(|r| now > r + 7 * DAY_MS)
+                    || now > a.last_seen_ms + 30 * DAY_MS;
+                if stale
+                    && !busy
+                    && !connected.contains(&a.agent_id)
+                    && s.delete_agent(&a.agent_id)?
+                {
+                    agents += 1;
+                }
+            }
+            Ok((tokens, agents))
+        })
+        .await
+    }
+}
+
+/// The fields of an update that change where the data comes from or goes to.
+fn retargeted(old: &TaskSpec, new: &TaskSpec) -> Vec<&'static str> {
+    let mut moved = Vec::new();
+    if old.mongo_host != new.mongo_host {
+        moved.push("mongo_host");
+    }
+    if old.port != new.port {
+        moved.push("port");
+    }
+    if old.cvm_id != new.cvm_id {
+        moved.push("cvm_id");
+    }
+    if old.kind != new.kind {
+        moved.push("kind");
+    }
+    if old.destination_instance_id != new.destination_instance_id {
+        moved.push("destination_instance_id");
+    }
+    if old.username != new.username {
+        moved.push("username");
+    }
+    moved
 }
 
 /// The coordinator-side `agent_available` check item.

@@ -21,6 +21,12 @@ pub enum ServiceError {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -48,6 +54,9 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::NotFound(_) => tonic::Status::not_found(message),
             ServiceError::AlreadyExists(_) => tonic::Status::already_exists(message),
             ServiceError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+            ServiceError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            ServiceError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            ServiceError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             ServiceError::Unavailable(_) => tonic::Status::unavailable(message),
             ServiceError::Store(_) | ServiceError::Internal(_) => {
                 tracing::error!(error = %message, "request failed on an internal error");

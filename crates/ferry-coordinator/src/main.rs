@@ -23,15 +23,32 @@ struct Args {
     /// Serve without TLS. Meant for loopback and tests.
     #[arg(long)]
     plaintext: bool,
-    /// File holding the operator bearer token; default: DATA_DIR/operator-token (generated when missing).
+    /// File holding the admin's bearer token when no principals file is given; default: DATA_DIR/operator-token
+    /// (generated when missing).
     #[arg(long)]
     operator_token_file: Option<PathBuf>,
-    /// File holding the agent enrollment token; default: DATA_DIR/agent-token (generated when missing).
+    /// Principals file: named operators with roles (admin, operator, viewer), tenants, and a token hash or a
+    /// client-certificate subject. Replaces the single operator token.
     #[arg(long)]
-    agent_token_file: Option<PathBuf>,
+    principals_file: Option<PathBuf>,
+    /// Allow public-network tasks whose source is a loopback, link-local or private address (labs only).
+    #[arg(long)]
+    allow_private_sources: bool,
+    /// Do not serve gRPC server reflection.
+    #[arg(long)]
+    no_reflection: bool,
+    /// Also append every audit event as one JSON line to this file (for log shippers).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Lifetime of the client certificates issued to agents, e.g. "30d" (renewed at two thirds of it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    agent_cert_ttl: Option<Duration>,
     /// TOML config file with the same settings; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A maintenance command instead of serving.
+    #[command(subcommand)]
+    command: Option<Tool>,
     /// Server certificate (PEM).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -49,9 +66,31 @@ struct Args {
     log_format: Option<String>,
 }
 
+/// Maintenance commands (run while the coordinator is stopped).
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// Replaces the key that seals passwords at rest (DATA_DIR/secret.key) and re-seals every stored secret.
+    /// Crash-safe: run it again after an interruption.
+    RotateKey {
+        /// The coordinator's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Tool::RotateKey { data_dir }) = &args.command {
+        let summary = ferry_store::rotate_key(data_dir)?;
+        println!(
+            "rotated the secret key of {}: re-sealed {} task and {} instance secrets",
+            data_dir.display(),
+            summary.tasks,
+            summary.instances
+        );
+        return Ok(());
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -82,22 +121,51 @@ async fn main() -> anyhow::Result<()> {
             read_or_create_token(&path)
         }
     };
-    let operator_token = token(
-        args.operator_token_file,
-        file.operator_token_file,
-        "operator-token",
-    )?;
-    let agent_token = token(args.agent_token_file, file.agent_token_file, "agent-token")?;
+    anyhow::ensure!(
+        file.agent_token_file.is_none(),
+        "agent_token_file is no longer supported: agents enroll with single-use join tokens \
+         (`ferryctl agent join-token create`); remove it from the config file"
+    );
+    if plaintext && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--plaintext would send tokens and passwords in clear over {listen}: plaintext is only allowed on a \
+             loopback address (127.0.0.0/8 or ::1); serve TLS with --tls-cert and --tls-key instead"
+        );
+    }
+    let principals = match args.principals_file.or(file.principals_file) {
+        Some(path) => Some(ferry_coordinator::Principals::load(&path)?),
+        None => None,
+    };
+    let operator_token = if principals.is_some() {
+        ferry_core::Secret::default()
+    } else {
+        token(
+            args.operator_token_file,
+            file.operator_token_file,
+            "operator-token",
+        )?
+    };
     let tls = load_tls(
         plaintext,
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
         args.tls_client_ca.or(file.tls_client_ca),
     )?;
-    let mut config = Config::plaintext(data_dir, "", "");
+    let mut config = Config::plaintext(data_dir, "");
     config.tls = tls;
     config.operator_token = operator_token;
-    config.agent_token = agent_token;
+    config.principals = principals;
+    config.allow_private_sources =
+        args.allow_private_sources || file.allow_private_sources.unwrap_or(false);
+    config.reflection = !args.no_reflection && file.reflection.unwrap_or(true);
+    config.audit_log = args.audit_log.or(file.audit_log);
+    if let Some(ttl) = args.agent_cert_ttl.or(file.agent_cert_ttl) {
+        anyhow::ensure!(
+            ttl >= Duration::from_secs(60),
+            "--agent-cert-ttl must be at least 1m, e.g. \"30d\""
+        );
+        config.agent_cert_ttl = ttl;
+    }
     if let Some(interval) = args.heartbeat_interval.or(file.heartbeat_interval) {
         anyhow::ensure!(!interval.is_zero(), "--heartbeat-interval must be positive");
         config.heartbeat_interval = interval;

@@ -44,18 +44,21 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a session; a previous session of the same agent is cancelled (its stream closes). Returns the new
-    /// session id.
+    /// Registers a session and returns its id, or `None` when the agent already has a live session: one session
+    /// per agent, a second one is refused (never swapped in).
     pub fn register(
         &self,
         record: AgentRecord,
         outbound: Outbound,
         cancel: CancellationToken,
-    ) -> u64 {
+    ) -> Option<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let agent_id = record.agent_id.clone();
-        let old = self.lock().insert(
-            agent_id,
+        let mut sessions = self.lock();
+        if sessions.contains_key(&record.agent_id) {
+            return None;
+        }
+        sessions.insert(
+            record.agent_id.clone(),
             Session {
                 id,
                 record,
@@ -63,11 +66,14 @@ impl Registry {
                 cancel,
             },
         );
-        if let Some(old) = old {
-            tracing::info!(agent_id = %old.record.agent_id, "agent reconnected: closing its previous session");
-            old.cancel.cancel();
+        Some(id)
+    }
+
+    /// Ends the agent's live session, if any (revocation).
+    pub fn cancel(&self, agent_id: &AgentId) {
+        if let Some(session) = self.lock().get(agent_id) {
+            session.cancel.cancel();
         }
-        id
     }
 
     /// Removes a session if it is still the current one for its agent; returns whether it was.

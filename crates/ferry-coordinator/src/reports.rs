@@ -49,28 +49,30 @@ impl Coordinator {
             }
             other => other,
         };
-        let _guard = self.write_lock.lock().await;
-        let task = match TaskId::parse("task_id", &msg.task_id) {
-            Ok(id) => {
-                let key = id.clone();
-                self.db(move |s| s.get_task(&key)).await?
-            }
-            Err(_) => None,
-        };
-        let Some(mut task) = task else {
+        let Ok(task_id) = TaskId::parse("task_id", &msg.task_id) else {
             self.reject(agent_id, &msg.task_id, 0, "unknown task");
             return Ok(());
         };
-        if task.epoch.0 != msg.epoch || task.agent_id.as_ref() != Some(agent_id) {
-            let reason = format!(
-                "stale report: task {} is at epoch {} assigned to {}",
-                task.id,
-                task.epoch,
-                task.agent_id
-                    .as_ref()
-                    .map(|a| a.as_str())
-                    .unwrap_or("no agent")
-            );
+        // Refuse reports on tasks that are not this agent's before taking the lock (and without saying whose
+        // they are).
+        let key = task_id.clone();
+        let assigned = self
+            .db(move |s| s.get_task(&key))
+            .await?
+            .is_some_and(|t| t.agent_id.as_ref() == Some(agent_id));
+        if !assigned {
+            self.reject(agent_id, &msg.task_id, 0, "unknown task");
+            return Ok(());
+        }
+        let _guard = self.write_lock.lock().await;
+        let key = task_id.clone();
+        let task = self.db(move |s| s.get_task(&key)).await?;
+        let Some(mut task) = task.filter(|t| t.agent_id.as_ref() == Some(agent_id)) else {
+            self.reject(agent_id, &msg.task_id, 0, "unknown task");
+            return Ok(());
+        };
+        if task.epoch.0 != msg.epoch {
+            let reason = format!("stale report: the task is at epoch {}", task.epoch);
             tracing::info!(task_id = %task.id, %agent_id, epoch = msg.epoch, current = %task.epoch, "report rejected");
             self.reject(agent_id, &msg.task_id, task.epoch.0, &reason);
             return Ok(());
@@ -246,6 +248,10 @@ fn apply(task: &mut Task, body: Body) -> Persist {
             if task.state != ferry_core::TaskState::Checking {
                 return Persist::Nothing;
             }
+            // A bounded list: the agent's checks are a fixed set.
+            if task.checks.len() >= 64 && !task.checks.iter().any(|c| c.id == item.id) {
+                return Persist::Nothing;
+            }
             task.upsert_check(convert::check_from_pb(item), now);
             Persist::Now
         }
@@ -303,9 +309,11 @@ fn apply(task: &mut Task, body: Body) -> Persist {
             };
             changed(task.on_event(Event::CommandError, &reason, false, now))
         }
-        Body::Hello(_) | Body::Heartbeat(_) | Body::Databases(_) | Body::Verification(_) => {
-            Persist::Nothing
-        }
+        Body::Hello(_)
+        | Body::Heartbeat(_)
+        | Body::Databases(_)
+        | Body::Verification(_)
+        | Body::RenewCertificate(_) => Persist::Nothing,
     }
     .log(task, state_before)
 }

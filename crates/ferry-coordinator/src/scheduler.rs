@@ -1,5 +1,7 @@
-//! Which agent runs a task: the agent on the task's CVM for CVM tasks, the least loaded pool agent for
-//! public-network tasks. Pure functions over snapshots; must not do IO.
+//! Which agent runs a task: the agent enrolled for the task's CVM for CVM tasks, the least loaded agent enrolled
+//! as a pool member for public-network tasks; in both cases only an agent whose enrollment allows the task's tenant.
+//! The binding comes from the agent's enrollment (its credential), never from its hello. Pure functions over
+//! snapshots; must not do IO.
 
 use std::collections::HashMap;
 
@@ -7,6 +9,9 @@ use ferry_core::{AgentId, AgentRecord, Task, TaskKind};
 
 /// Whether `agent` may run `task`.
 pub fn eligible(task: &Task, agent: &AgentRecord) -> bool {
+    if !agent.is_active() || !(agent.tenant.is_empty() || agent.tenant == task.spec.tenant) {
+        return false;
+    }
     match task.spec.kind {
         TaskKind::Cvm => task
             .spec
@@ -62,6 +67,10 @@ mod tests {
             pool,
             capabilities: vec![],
             last_seen_ms: 0,
+            tenant: String::new(),
+            enrolled_ms: 1,
+            revoked_ms: None,
+            credentials: vec![],
         }
     }
 
@@ -78,6 +87,7 @@ mod tests {
             destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
             databases: vec![],
             require_verification: false,
+            tenant: "default".into(),
         };
         Task::new(TaskId::generate(), spec, 0)
     }
@@ -91,6 +101,20 @@ mod tests {
         ];
         assert_eq!(pick(&t, &agents, &[]), Some(agents[1].agent_id.clone()));
         assert_eq!(pick(&t, &agents[..1], &[]), None);
+    }
+
+    #[test]
+    fn revoked_unenrolled_and_other_tenant_agents_are_never_picked() {
+        let t = task(TaskKind::Cvm, Some("ins-abc12345"));
+        let mut revoked = agent(1, "ins-abc12345", false);
+        revoked.revoked_ms = Some(5);
+        let mut unenrolled = agent(2, "ins-abc12345", false);
+        unenrolled.enrolled_ms = 0;
+        let mut other = agent(3, "ins-abc12345", false);
+        other.tenant = "globex".into();
+        assert_eq!(pick(&t, &[revoked, unenrolled, other.clone()], &[]), None);
+        other.tenant = "default".into();
+        assert_eq!(pick(&t, &[other.clone()], &[]), Some(other.agent_id));
     }
 
     #[test]
@@ -126,6 +150,10 @@ mod properties {
             pool,
             capabilities: vec![],
             last_seen_ms: 0,
+            tenant: String::new(),
+            enrolled_ms: 1,
+            revoked_ms: None,
+            credentials: vec![],
         }
     }
 
@@ -146,6 +174,7 @@ mod properties {
             destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
             databases: vec![],
             require_verification: false,
+            tenant: "default".into(),
         };
         let mut t = Task::new(TaskId::generate(), spec, 0);
         t.agent_id = agent;

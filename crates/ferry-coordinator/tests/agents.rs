@@ -36,7 +36,7 @@ async fn reconnect_bumps_the_epoch_and_a_report_with_the_old_epoch_is_rejected()
         .unwrap()
         .into_inner();
     assert_eq!(t.state(), pb::TaskState::Checking);
-    assert_eq!(t.agent_id, AGENT);
+    assert_eq!(t.agent_id, agent.agent_id);
     assert!(t.agent_connected);
     let cmd = agent.recv().await;
     let Some(C::RunChecks(run)) = &cmd.body else {
@@ -49,21 +49,28 @@ async fn reconnect_bumps_the_epoch_and_a_report_with_the_old_epoch_is_rejected()
     assert_eq!(run.destination.as_ref().unwrap().password, "inst-pw");
     let old_epoch = cmd.epoch;
 
-    // The agent comes back (same id): the old stream is closed, the task re-sent under a new epoch.
+    // A second session with the same credential is refused while the first is live (it would otherwise receive
+    // the first's tasks); the first keeps its task and its epoch.
+    let cred = coord.enroll(AGENT, CVM, false).await;
+    let second = pb::AgentMessage {
+        body: Some(A::Hello(hello(&cred.agent_id, CVM, false))),
+        ..Default::default()
+    };
+    let err = open_session(coord.channel().await, Some(&bearer(&cred)), second)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    let still = get(&mut op, &t.id).await;
+    assert!(still.agent_connected);
+    assert_eq!(still.epoch, old_epoch);
+
+    // The first session ends; the agent comes back: the task is re-sent under a new epoch.
+    drop(agent);
+    wait_task(&mut op, &t.id, |t| !t.agent_connected).await;
     let mut again = FakeAgent::connect(&coord, AGENT, CVM, false).await;
     let cmd = again.recv().await;
     assert!(matches!(cmd.body, Some(C::RunChecks(_))), "{cmd:?}");
     assert_eq!(cmd.epoch, old_epoch + 1);
-    let closed = tokio::time::timeout(WAIT, async {
-        loop {
-            match agent.rx.message().await {
-                Ok(Some(_)) => continue,
-                _ => return,
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the replaced session must be closed");
     let before = get(&mut op, &t.id).await;
     assert_eq!(before.epoch, old_epoch + 1);
 
@@ -139,7 +146,7 @@ async fn silent_agent_is_disconnected_and_its_task_resumes_when_it_returns() {
     let coord = Coord::start_with(|c| c.heartbeat_interval = Duration::from_millis(300)).await;
     let mut op = setup(&coord).await;
     let t = create(&mut op, cvm_spec("hb", CVM, "pw")).await;
-    let mut agent = FakeAgent::connect_silent(coord.channel().await, AGENT, CVM, false).await;
+    let mut agent = FakeAgent::connect_silent(&coord, AGENT, CVM, false).await;
     op.check_task(pb::CheckTaskRequest {
         task_id: t.id.clone(),
     })
@@ -153,7 +160,7 @@ async fn silent_agent_is_disconnected_and_its_task_resumes_when_it_returns() {
         pb::TaskState::Checking,
         "the task keeps its state"
     );
-    assert_eq!(t1.agent_id, AGENT);
+    assert_eq!(t1.agent_id, agent.agent_id);
     drop(agent);
 
     let mut back = FakeAgent::connect(&coord, AGENT, CVM, false).await;
@@ -274,6 +281,7 @@ async fn start_without_agent_waits_and_unsupported_commands_are_recorded() {
     .await
     .unwrap();
     let e = pool.recv().await.epoch;
+    let pool1_id = pool.agent_id.clone();
     pool.send(&id, e, A::ChecksFinished(pb::ChecksFinished {}))
         .await;
     wait_task(&mut op, &id, |t| t.state() == pb::TaskState::CheckPassed).await;
@@ -310,7 +318,7 @@ async fn start_without_agent_waits_and_unsupported_commands_are_recorded() {
         "{}",
         t.failure_reason
     );
-    assert_eq!(t.agent_id, "agent-0000000000d2");
+    assert_eq!(t.agent_id, pool2.agent_id);
 
     let agents = op
         .list_agents(pb::ListAgentsRequest::default())
@@ -321,10 +329,10 @@ async fn start_without_agent_waits_and_unsupported_commands_are_recorded() {
     assert_eq!(agents.len(), 2);
     assert!(agents
         .iter()
-        .any(|a| a.agent_id == "agent-0000000000d2" && a.connected));
+        .any(|a| a.agent_id == pool2.agent_id && a.connected));
     assert!(agents
         .iter()
-        .any(|a| a.agent_id == "agent-0000000000d1" && !a.connected));
+        .any(|a| a.agent_id == pool1_id && !a.connected));
     coord.shutdown().await;
 }
 

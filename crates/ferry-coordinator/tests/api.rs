@@ -433,7 +433,9 @@ async fn not_found_and_already_exists() {
 async fn requests_without_a_valid_token_are_unauthenticated_on_both_services() {
     let coord = Coord::start().await;
     let channel = coord.channel().await;
-    for token in [None, Some("wrong-token"), Some(AGENT_TOKEN)] {
+    let cred = coord.enroll("pool", "", true).await;
+    let agent_bearer = bearer(&cred);
+    for token in [None, Some("wrong-token"), Some(agent_bearer.as_str())] {
         let mut op = operator_client(channel.clone(), token);
         let err = op
             .list_tasks(pb::ListTasksRequest::default())
@@ -446,7 +448,13 @@ async fn requests_without_a_valid_token_are_unauthenticated_on_both_services() {
         );
         assert!(!err.message().contains(OPERATOR_TOKEN));
     }
-    for token in [None, Some("wrong-token"), Some(OPERATOR_TOKEN)] {
+    let forged = format!("{}.not-the-secret", cred.agent_id);
+    for token in [
+        None,
+        Some("wrong-token"),
+        Some(OPERATOR_TOKEN),
+        Some(forged.as_str()),
+    ] {
         let first = pb::AgentMessage {
             body: Some(A::Hello(hello("agent-00000000000b", "", true))),
             ..Default::default()
@@ -465,7 +473,7 @@ async fn requests_without_a_valid_token_are_unauthenticated_on_both_services() {
         body: Some(A::Heartbeat(pb::Heartbeat::default())),
         ..Default::default()
     };
-    let err = open_session(channel.clone(), Some(AGENT_TOKEN), first)
+    let err = open_session(channel.clone(), Some(&agent_bearer), first)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -533,13 +541,13 @@ async fn list_tasks_filters_and_pages() {
 }
 
 #[tokio::test]
-async fn update_keeps_the_stored_password_when_none_is_given() {
+async fn update_keeps_the_stored_password_only_while_the_data_stays_where_it_was() {
     let coord = Coord::start().await;
     let mut op = coord.operator().await;
     register_default_instance(&mut op).await;
     let t = create(&mut op, cvm_spec("upd", "ins-abc12345", "first-pw")).await;
     let mut spec = cvm_spec("upd2", "ins-abc12345", "");
-    spec.port = 27018;
+    spec.databases = vec!["shop".into(), "crm".into()];
     let t = op
         .update_task(pb::UpdateTaskRequest {
             task_id: t.id,
@@ -549,7 +557,47 @@ async fn update_keeps_the_stored_password_when_none_is_given() {
         .unwrap()
         .into_inner();
     assert!(t.password_set);
-    assert_eq!(t.spec.as_ref().unwrap().port, 27018);
-    assert_eq!(t.spec.unwrap().name, "upd2");
+    assert_eq!(t.spec.as_ref().unwrap().name, "upd2");
+
+    // Pointing the task at another source (or destination) without the password would send the stored password
+    // there: refused, naming what moved.
+    for (what, change) in [
+        (
+            "port",
+            (|s: &mut pb::TaskSpec| s.port = 27018) as fn(&mut pb::TaskSpec),
+        ),
+        ("mongo_host", |s| s.mongo_host = "127.0.0.9".into()),
+        ("cvm_id", |s| s.cvm_id = "ins-zzz99999".into()),
+    ] {
+        let mut spec = cvm_spec("upd2", "ins-abc12345", "");
+        change(&mut spec);
+        let err = op
+            .update_task(pb::UpdateTaskRequest {
+                task_id: t.id.clone(),
+                spec: Some(spec),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+        assert!(
+            err.message().contains("spec.password") && err.message().contains(what),
+            "{what}: {}",
+            err.message()
+        );
+    }
+    let unchanged = get(&mut op, &t.id).await;
+    assert_eq!(unchanged.spec.as_ref().unwrap().port, 27017);
+    // With the password given again, the retarget is accepted.
+    let mut spec = cvm_spec("upd2", "ins-abc12345", "second-pw");
+    spec.port = 27018;
+    let t = op
+        .update_task(pb::UpdateTaskRequest {
+            task_id: t.id,
+            spec: Some(spec),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.spec.unwrap().port, 27018);
     coord.shutdown().await;
 }

@@ -19,7 +19,6 @@ use tonic::transport::Channel;
 const TASK_PW: &str = "Task-Pw-Never-Shown-4471";
 const INST_PW: &str = "Inst-Pw-Never-Shown-9203";
 const CVM: &str = "ins-abc12345";
-const AGENT: &str = "agent-0000000000e1";
 
 struct Proc {
     child: Child,
@@ -44,8 +43,7 @@ async fn spawn(data: &Path, tokens: &Path, log: &Path) -> Proc {
         .arg(data)
         .arg("--operator-token-file")
         .arg(tokens.join("operator"))
-        .arg("--agent-token-file")
-        .arg(tokens.join("agent"))
+        .arg("--allow-private-sources")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -104,7 +102,6 @@ async fn sigkill_and_restart_keeps_everything_and_secrets_stay_out_of_logs_and_d
     let tokens = tmp.path().join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
     std::fs::write(tokens.join("operator"), format!("{OPERATOR_TOKEN}\n")).unwrap();
-    std::fs::write(tokens.join("agent"), AGENT_TOKEN).unwrap();
     let log = tmp.path().join("coordinator.log");
 
     let mut proc = spawn(&data, &tokens, &log).await;
@@ -118,7 +115,8 @@ async fn sigkill_and_restart_keeps_everything_and_secrets_stay_out_of_logs_and_d
     let idle = create(&mut op, cvm_spec("idle", CVM, TASK_PW)).await;
     let checking = create(&mut op, cvm_spec("checking", CVM, TASK_PW)).await;
     let running = create(&mut op, cvm_spec("running", CVM, TASK_PW)).await;
-    let mut agent = FakeAgent::connect_to(ch.clone(), AGENT, CVM, false).await;
+    let cred = enroll_on(ch.clone(), CVM, false).await;
+    let mut agent = FakeAgent::connect_with(ch.clone(), &cred, CVM, false).await;
     op.check_task(pb::CheckTaskRequest {
         task_id: running.id.clone(),
     })
@@ -182,7 +180,7 @@ async fn sigkill_and_restart_keeps_everything_and_secrets_stay_out_of_logs_and_d
         assert!(!after.agent_connected);
         assert_eq!(stable(after), *b, "task {} changed across SIGKILL", b.id);
     }
-    assert_eq!(before[1].agent_id, AGENT);
+    assert_eq!(before[1].agent_id, cred.agent_id);
     assert_eq!(before[2].state(), pb::TaskState::Running);
     let instances_after = op
         .list_instances(pb::ListInstancesRequest::default())
@@ -199,8 +197,9 @@ async fn sigkill_and_restart_keeps_everything_and_secrets_stay_out_of_logs_and_d
     assert_eq!(agents.len(), 1);
     assert!(!agents[0].connected);
 
-    // The agent returns: both active tasks are re-sent under new epochs, the running one with its checkpoint.
-    let mut agent = FakeAgent::connect_to(ch.clone(), AGENT, CVM, false).await;
+    // The agent returns with its enrolled credential (which survived the SIGKILL): both active tasks are re-sent
+    // under new epochs, the running one with its checkpoint.
+    let mut agent = FakeAgent::connect_with(ch.clone(), &cred, CVM, false).await;
     let mut got = Vec::new();
     for _ in 0..2 {
         got.push(agent.recv().await);
@@ -240,10 +239,10 @@ async fn sigkill_and_restart_keeps_everything_and_secrets_stay_out_of_logs_and_d
 
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("state recovered"), "log is captured");
-    for secret in [TASK_PW, INST_PW, OPERATOR_TOKEN, AGENT_TOKEN] {
+    for secret in [TASK_PW, INST_PW, OPERATOR_TOKEN, &cred.secret] {
         assert!(!log_text.contains(secret), "{secret} leaked into the log");
     }
-    for secret in [TASK_PW, INST_PW] {
+    for secret in [TASK_PW, INST_PW, OPERATOR_TOKEN, &cred.secret] {
         let leaked = files_containing(&data, secret.as_bytes());
         assert!(leaked.is_empty(), "{secret} in clear in {leaked:?}");
     }

@@ -160,6 +160,8 @@ async fn verify_task_runs_online_in_oplog_sync_and_its_mismatches_page() {
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // The agent restarts: the run resumes from its checkpoint under a new epoch.
+    drop(agent);
+    wait_task(&mut op, &id, |t| !t.agent_connected).await;
     let mut again = FakeAgent::connect(&coord, AGENT, CVM, false).await;
     let restart = again.recv().await;
     assert!(

@@ -75,7 +75,7 @@ string_id!(
     TaskId, "task-", 12, is_lower_hex, "\"task-\" + 12 lowercase hex digits"
 );
 string_id!(
-    /// An agent id: `agent-` + 12 lowercase hex digits, generated once by the agent and kept in its data dir.
+    /// An agent id: `agent-` + 12 lowercase hex digits, chosen by the coordinator at enrollment.
     AgentId, "agent-", 12, is_lower_hex, "\"agent-\" + 12 lowercase hex digits"
 );
 string_id!(
@@ -86,6 +86,18 @@ string_id!(
     /// A CVM instance id: `ins-` + 8 lowercase alphanumerics.
     CvmId, "ins-", 8, is_lower_alnum, "\"ins-\" + 8 lowercase alphanumerics"
 );
+
+impl AgentId {
+    /// A fresh random agent id.
+    pub fn generate() -> Self {
+        Self(format!("agent-{}", random_hex(12)))
+    }
+}
+
+/// A fresh random hex string of `len` digits (public ids such as join token ids).
+pub fn random_hex_id(len: usize) -> String {
+    random_hex(len)
+}
 
 impl TaskId {
     /// A fresh random task id.

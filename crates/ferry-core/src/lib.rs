@@ -12,11 +12,14 @@ pub mod spec;
 pub mod state;
 pub mod task;
 
-pub use agent::AgentRecord;
+pub use agent::{AgentRecord, JoinTokenRecord};
 pub use error::{CoreError, Field};
 pub use ids::{AgentId, CvmId, Epoch, InstanceId, TaskId};
 pub use secret::Secret;
-pub use spec::{Instance, InstanceInput, TaskKind, TaskSpec, TaskSpecInput, SYSTEM_DATABASES};
+pub use spec::{
+    check_public_source_host, validate_tenant, Instance, InstanceInput, TaskKind, TaskSpec,
+    TaskSpecInput, ALLOWED_AUTH_MECHANISMS, ALLOWED_URI_OPTIONS, DEFAULT_TENANT, SYSTEM_DATABASES,
+};
 pub use state::{Action, Event, TaskState};
 pub use task::{
     CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, Verification, VerificationState,

@@ -4,7 +4,7 @@
 //! Checks that need the catalog (does the destination exist, is it in the same region) live in the coordinator.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,36 @@ pub struct TaskSpecInput {
     pub destination_instance_id: String,
     pub databases: Vec<String>,
     pub require_verification: bool,
+    /// Empty means [`DEFAULT_TENANT`].
+    pub tenant: String,
+}
+
+/// The tenant of tasks and instances created without one (and of records stored before tenants existed).
+pub const DEFAULT_TENANT: &str = "default";
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_owned()
+}
+
+/// Validates a tenant name (`field` names it in errors): 1..40 of `[a-z0-9-]`, not starting or ending with `-`.
+/// Empty becomes [`DEFAULT_TENANT`].
+pub fn validate_tenant(field: &'static str, tenant: &str) -> Result<String, CoreError> {
+    if tenant.is_empty() {
+        return Ok(default_tenant());
+    }
+    let ok = tenant.len() <= 40
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !tenant.starts_with('-')
+        && !tenant.ends_with('-');
+    if !ok {
+        return Err(CoreError::invalid(
+            field,
+            format!("{tenant:?} is malformed: 1..40 of a-z, 0-9 and '-', e.g. \"acme-prod\""),
+        ));
+    }
+    Ok(tenant.to_owned())
 }
 
 /// A validated task spec.
@@ -63,6 +93,9 @@ pub struct TaskSpec {
     /// CompleteTask verifies the destination before the task succeeds (as if every CompleteTask asked).
     #[serde(default)]
     pub require_verification: bool,
+    /// The tenant (project) the task belongs to; fixed at creation.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
 }
 
 impl TryFrom<TaskSpecInput> for TaskSpec {
@@ -114,7 +147,9 @@ impl TryFrom<TaskSpecInput> for TaskSpec {
             &input.destination_instance_id,
         )?;
         validate_databases(&input.databases)?;
+        let tenant = validate_tenant("spec.tenant", &input.tenant)?;
         Ok(Self {
+            tenant,
             name,
             region: input.region,
             kind,
@@ -224,6 +259,8 @@ pub struct InstanceInput {
     pub uri: String,
     pub username: String,
     pub password: Secret,
+    /// Empty means [`DEFAULT_TENANT`].
+    pub tenant: String,
 }
 
 /// A validated destination instance.
@@ -239,6 +276,9 @@ pub struct Instance {
     pub password: Secret,
     /// Unix milliseconds.
     pub create_time_ms: i64,
+    /// Only tasks of this tenant may use the instance.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
 }
 
 impl Instance {
@@ -266,13 +306,16 @@ impl Instance {
                 "must not carry credentials: pass them as username and password",
             ));
         }
+        validate_uri_options(rest)?;
         if input.password.is_set() && input.username.is_empty() {
             return Err(CoreError::invalid(
                 "instance.username",
                 "is required when a password is given",
             ));
         }
+        let tenant = validate_tenant("instance.tenant", &input.tenant)?;
         Ok(Self {
+            tenant,
             instance_id,
             region: input.region,
             uri: input.uri,
@@ -281,6 +324,322 @@ impl Instance {
             create_time_ms: now_ms,
         })
     }
+}
+
+/// Connection-string options a destination instance's URI may carry (names compare case-insensitively, as in the
+/// MongoDB URI spec). Everything else is refused: options that make the agent read files on its host, weaken TLS
+/// checks, use a proxy or the host's own credentials.
+pub const ALLOWED_URI_OPTIONS: [&str; 29] = [
+    "replicaSet",
+    "authSource",
+    "authMechanism",
+    "tls",
+    "ssl",
+    "readPreference",
+    "readPreferenceTags",
+    "maxPoolSize",
+    "minPoolSize",
+    "connectTimeoutMS",
+    "socketTimeoutMS",
+    "serverSelectionTimeoutMS",
+    "heartbeatFrequencyMS",
+    "localThresholdMS",
+    "maxIdleTimeMS",
+    "waitQueueTimeoutMS",
+    "directConnection",
+    "appName",
+    "compressors",
+    "zlibCompressionLevel",
+    "retryWrites",
+    "retryReads",
+    "w",
+    "wTimeoutMS",
+    "journal",
+    "readConcernLevel",
+    "loadBalanced",
+    "srvMaxHosts",
+    "srvServiceName",
+];
+
+/// Values of `authMechanism` a destination may use: mechanisms that authenticate with the instance's username and
+/// password only (not with the agent host's Kerberos, cloud or certificate credentials).
+pub const ALLOWED_AUTH_MECHANISMS: [&str; 3] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"];
+
+/// Checks the query options of a URI (`rest` is the URI after its scheme). Names are shown in errors, values never
+/// (they may hold secrets).
+fn validate_uri_options(rest: &str) -> Result<(), CoreError> {
+    const FIELD: &str = "instance.uri";
+    let Some((_, query)) = rest.split_once('?') else {
+        return Ok(());
+    };
+    if query.is_empty() {
+        return Ok(());
+    }
+    // The URI spec separates options with '&'; some drivers also accept ';'. Splitting on both checks every name
+    // either reading could see.
+    for (i, option) in query.split(['&', ';']).enumerate() {
+        let Some((name, value)) = option.split_once('=') else {
+            return Err(CoreError::invalid(
+                FIELD,
+                format!(
+                    "query option {} has no '=': options are name=value pairs separated by '&', \
+                     e.g. \"?replicaSet=rs0&tls=true\"",
+                    i + 1
+                ),
+            ));
+        };
+        if name.is_empty() {
+            return Err(CoreError::invalid(
+                FIELD,
+                format!(
+                    "query option {} has an empty name: options are name=value pairs separated by '&', \
+                     e.g. \"?replicaSet=rs0&tls=true\"",
+                    i + 1
+                ),
+            ));
+        }
+        if !ALLOWED_URI_OPTIONS
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(name))
+        {
+            return Err(CoreError::invalid(
+                FIELD,
+                format!(
+                    "option {} is not allowed: {}; allowed: {}",
+                    shown_name(name),
+                    why_option_refused(name),
+                    ALLOWED_URI_OPTIONS.join(", ")
+                ),
+            ));
+        }
+        if name.eq_ignore_ascii_case("authMechanism")
+            && !ALLOWED_AUTH_MECHANISMS
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(value))
+        {
+            return Err(CoreError::invalid(
+                FIELD,
+                format!(
+                    "option authMechanism must be one of {}: other mechanisms (MONGODB-AWS, GSSAPI, MONGODB-X509, \
+                     MONGODB-OIDC) authenticate with credentials of the agent's host rather than the instance's \
+                     username and password",
+                    ALLOWED_AUTH_MECHANISMS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An option name as shown in an error: quoted, and cut short if long.
+fn shown_name(name: &str) -> String {
+    const MAX: usize = 48;
+    if name.chars().count() <= MAX {
+        format!("{name:?}")
+    } else {
+        let cut: String = name.chars().take(MAX).collect();
+        format!("{cut:?}...")
+    }
+}
+
+fn why_option_refused(name: &str) -> &'static str {
+    match name.to_ascii_lowercase().as_str() {
+        "tlscafile" | "tlscertificatekeyfile" | "tlscertificatekeyfilepassword" | "tlscrlfile"
+        | "sslcafile" | "sslpemkeyfile" | "sslpemkeypassword" | "sslcertificatekeyfile" => {
+            "it reads files on the agent's host"
+        }
+        "tlsinsecure"
+        | "tlsallowinvalidcertificates"
+        | "tlsallowinvalidhostnames"
+        | "sslinvalidhostnameallowed"
+        | "sslallowinvalidcertificates"
+        | "sslallowinvalidhostnames"
+        | "tlsdisableocspendpointcheck"
+        | "tlsdisablecertificaterevocationcheck" => {
+            "it turns off checks of the destination's TLS certificate"
+        }
+        "proxyhost" | "proxyport" | "proxyusername" | "proxypassword" => {
+            "it routes the agent's connection through a proxy chosen by the URI"
+        }
+        "authmechanismproperties" => {
+            "it can make the agent authenticate with its host's credentials or services (cloud metadata, Kerberos)"
+        }
+        _ => "only options on Ferry's allow-list reach the agent's driver",
+    }
+}
+
+/// Checks the source host of a PUBLIC_NETWORK task (field `spec.mongo_host`). Such a task runs on a pool agent,
+/// which would otherwise reach hosts on its own network: the cloud metadata service, the coordinator, other
+/// private services. Refuses IP literals that are not public unicast addresses (loopback, unspecified, private,
+/// shared/CGNAT, link-local, unique-local, site-local, multicast, broadcast, reserved, documentation, benchmarking,
+/// and IPv4-mapped, NAT64 or 6to4 forms of those), IPv4 addresses written in non-standard numeric forms (`0x7f.1`),
+/// and the names `localhost` and `*.localhost`.
+///
+/// Pure: other names are not resolved here, so a public name that resolves to a private address passes (the agent
+/// must check resolved addresses). The coordinator calls this unless started with `--allow-private-sources`.
+pub fn check_public_source_host(host: &str) -> Result<(), CoreError> {
+    const FIELD: &str = "spec.mongo_host";
+    const WHY: &str = "a public-network task runs on a pool agent, which would reach hosts on its own network \
+                       (e.g. the cloud metadata service or the coordinator). Use a CVM task for a source on a \
+                       private network, or start the coordinator with --allow-private-sources for a lab";
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return match non_public_reason(ip) {
+            Some(reason) => Err(CoreError::invalid(
+                FIELD,
+                format!("{host:?} is {reason}: {WHY}"),
+            )),
+            None => Ok(()),
+        };
+    }
+    if let Some(v4) = parse_numeric_ipv4(bare) {
+        return Err(CoreError::invalid(
+            FIELD,
+            match non_public_reason(IpAddr::V4(v4)) {
+                Some(reason) => format!("{host:?} is {v4} written in a non-standard form, {reason}: {WHY}"),
+                None => format!(
+                    "{host:?} is the IPv4 address {v4} written in a non-standard form: write it as \"{v4}\""
+                ),
+            },
+        ));
+    }
+    let name = bare.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return Err(CoreError::invalid(
+            FIELD,
+            format!("{host:?} names the agent's own host: {WHY}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Why `ip` is not a public unicast address, or `None` if it is one.
+fn non_public_reason(ip: IpAddr) -> Option<String> {
+    match ip {
+        IpAddr::V4(v4) => v4_reason(v4).map(str::to_owned),
+        IpAddr::V6(v6) => v6_reason(v6),
+    }
+}
+
+fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    let reason = if a == 0 {
+        "an unspecified (\"this network\") address"
+    } else if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_private() {
+        "a private address (10/8, 172.16/12, 192.168/16)"
+    } else if a == 100 && (64..128).contains(&b) {
+        "a shared (carrier-grade NAT) address (100.64/10)"
+    } else if ip.is_link_local() {
+        "a link-local address (169.254/16, where the cloud metadata service lives)"
+    } else if ip.is_broadcast() {
+        "the broadcast address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if a >= 240 {
+        "a reserved address (240/4)"
+    } else if (a, b, c) == (192, 0, 0) {
+        "an IETF protocol assignment address (192.0.0/24)"
+    } else if ip.is_documentation() {
+        "a documentation address"
+    } else if a == 198 && (b == 18 || b == 19) {
+        "a benchmarking address (198.18/15)"
+    } else {
+        return None;
+    };
+    Some(reason)
+}
+
+fn v6_reason(ip: Ipv6Addr) -> Option<String> {
+    let seg = ip.segments();
+    let embedded = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    let via = |what: &str, v4: Ipv4Addr| v4_reason(v4).map(|r| format!("{what} of {v4}, {r}"));
+    if ip.is_unspecified() {
+        return Some("the unspecified address".to_owned());
+    }
+    if ip.is_loopback() {
+        return Some("the loopback address".to_owned());
+    }
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return via("an IPv4-mapped address", v4);
+    }
+    if seg[..6] == [0; 6] {
+        return Some("a deprecated IPv4-compatible address (::/96)".to_owned());
+    }
+    if seg[0] == 0 {
+        return Some("a reserved address (::/8)".to_owned());
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..3] == [0x64, 0xff9b, 1] {
+        return via("a NAT64 address", embedded(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return via("a 6to4 address", embedded(seg[1], seg[2]));
+    }
+    let reason = if seg[0] & 0xffc0 == 0xfe80 {
+        "a link-local address (fe80::/10)"
+    } else if seg[0] & 0xffc0 == 0xfec0 {
+        "a site-local address (fec0::/10)"
+    } else if seg[0] & 0xfe00 == 0xfc00 {
+        "a unique-local address (fc00::/7)"
+    } else if seg[0] & 0xff00 == 0xff00 {
+        "a multicast address"
+    } else if seg[..2] == [0x2001, 0x0db8] || seg[0] & 0xfff0 == 0x3ff0 {
+        "a documentation address"
+    } else if seg[..4] == [0x0100, 0, 0, 0] {
+        "a discard-only address (100::/64)"
+    } else {
+        return None;
+    };
+    Some(reason.to_owned())
+}
+
+/// Parses the numeric IPv4 forms the C resolver (`inet_aton`) accepts besides dotted decimal: 1 to 4 parts, each
+/// decimal, octal (leading `0`) or hex (`0x`), the last one filling the remaining bytes (`127.1`, `0x7f000001`).
+fn parse_numeric_ipv4(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let value = if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            if hex.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(hex, 16).ok()?
+            }
+        } else if part.len() > 1 && part.starts_with('0') {
+            u64::from_str_radix(part, 8).ok()?
+        } else {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            part.parse::<u64>().ok()?
+        };
+        values.push(value);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|v| *v > 0xff) {
+        return None;
+    }
+    let last_bits = 8 * (4 - leading.len() as u32);
+    if *last >= 1u64 << last_bits {
+        return None;
+    }
+    let mut addr: u64 = 0;
+    for (i, v) in leading.iter().enumerate() {
+        addr |= v << (24 - 8 * i as u32);
+    }
+    addr |= last;
+    u32::try_from(addr).ok().map(Ipv4Addr::from)
 }
 
 #[cfg(test)]
@@ -300,6 +659,7 @@ mod tests {
             destination_instance_id: "cmgo-6wk2mxa1".into(),
             databases: vec!["shop".into()],
             require_verification: false,
+            tenant: String::new(),
         }
     }
 
@@ -366,6 +726,7 @@ mod tests {
             uri: "mongodb://u:p@127.0.0.1:27017".into(),
             username: "u".into(),
             password: Secret::new("p"),
+            ..Default::default()
         };
         let err = Instance::from_input(input, 0).unwrap_err();
         assert!(matches!(
@@ -375,5 +736,213 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn instance_with_uri(uri: &str) -> Result<Instance, CoreError> {
+        Instance::from_input(
+            InstanceInput {
+                instance_id: "cmgo-6wk2mxa1".into(),
+                region: "ap-guangzhou".into(),
+                uri: uri.into(),
+                ..Default::default()
+            },
+            0,
+        )
+    }
+
+    fn uri_error(uri: &str) -> String {
+        match instance_with_uri(uri) {
+            Err(CoreError::InvalidArgument {
+                field: "instance.uri",
+                reason,
+            }) => reason,
+            other => panic!("expected an instance.uri error for {uri}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn instance_uri_accepts_allowed_options_in_any_case() {
+        for uri in [
+            "mongodb://10.0.0.5:27017",
+            "mongodb://10.0.0.5:27017/",
+            "mongodb://10.0.0.5:27017/?",
+            "mongodb://10.0.0.5:27017/admin",
+            "mongodb://10.0.0.5:27017,10.0.0.6:27017/?replicaSet=rs0&authSource=admin&tls=false",
+            "mongodb://10.0.0.5/?ssl=false&retryWrites=true&w=majority&wTimeoutMS=5000&journal=true",
+            "mongodb://10.0.0.5/?readPreference=secondaryPreferred&readPreferenceTags=dc:ny,rack:1\
+             &readPreferenceTags=",
+            "mongodb://10.0.0.5/?REPLICASET=rs0&TLS=true&appname=ferry&compressors=zstd,zlib\
+             &zlibCompressionLevel=6",
+            "mongodb://10.0.0.5/?maxPoolSize=10&minPoolSize=1&connectTimeoutMS=1000&socketTimeoutMS=1000\
+             &serverSelectionTimeoutMS=1000&heartbeatFrequencyMS=1000&localThresholdMS=15\
+             &maxIdleTimeMS=1000&waitQueueTimeoutMS=1000&directConnection=true&retryReads=false\
+             &readConcernLevel=majority&loadBalanced=false",
+            "mongodb+srv://cluster.example.com/?srvMaxHosts=3&srvServiceName=mongodb",
+            "mongodb://10.0.0.5/?authMechanism=SCRAM-SHA-256",
+            "mongodb://10.0.0.5/?authMechanism=scram-sha-1",
+            "mongodb://10.0.0.5/?authMechanism=PLAIN&authSource=$external",
+        ] {
+            assert!(instance_with_uri(uri).is_ok(), "{uri} should be accepted");
+        }
+    }
+
+    #[test]
+    fn instance_uri_refuses_options_off_the_allow_list_and_says_why() {
+        let cases = [
+            ("tlsCAFile", "reads files on the agent's host"),
+            ("tlsCertificateKeyFile", "reads files on the agent's host"),
+            (
+                "tlsCertificateKeyFilePassword",
+                "reads files on the agent's host",
+            ),
+            ("TLSCAFILE", "reads files on the agent's host"),
+            ("tlsInsecure", "TLS certificate"),
+            ("tlsAllowInvalidCertificates", "TLS certificate"),
+            ("tlsAllowInvalidHostnames", "TLS certificate"),
+            ("sslInvalidHostNameAllowed", "TLS certificate"),
+            ("tlsDisableOCSPEndpointCheck", "TLS certificate"),
+            ("proxyHost", "proxy"),
+            ("proxyPort", "proxy"),
+            ("proxyUsername", "proxy"),
+            ("proxyPassword", "proxy"),
+            ("authMechanismProperties", "host's credentials"),
+            ("gssapiServiceName", "allow-list"),
+            ("tls%49nsecure", "allow-list"),
+        ];
+        for (name, why) in cases {
+            let uri = format!("mongodb://10.0.0.5/?replicaSet=rs0&{name}=hunter2-value");
+            let reason = uri_error(&uri);
+            assert!(
+                reason.starts_with(&format!("option \"{name}\" is not allowed: ")),
+                "{reason}"
+            );
+            assert!(reason.contains(why), "{name}: {reason}");
+            assert!(
+                reason.contains("; allowed: replicaSet, authSource"),
+                "{reason}"
+            );
+            assert!(
+                !reason.contains("hunter2"),
+                "values are never echoed: {reason}"
+            );
+        }
+        // ';' as a separator cannot smuggle an option past the check.
+        let reason = uri_error("mongodb://10.0.0.5/?replicaSet=rs0;tlsInsecure=true");
+        assert!(reason.contains("\"tlsInsecure\""), "{reason}");
+    }
+
+    #[test]
+    fn instance_uri_refuses_malformed_queries_and_host_credential_mechanisms() {
+        for uri in [
+            "mongodb://10.0.0.5/?replicaSet",
+            "mongodb://10.0.0.5/?replicaSet=rs0&&tls=true",
+            "mongodb://10.0.0.5/?replicaSet=rs0&",
+            "mongodb://10.0.0.5/?=rs0",
+        ] {
+            let reason = uri_error(uri);
+            assert!(reason.contains("name=value"), "{uri}: {reason}");
+        }
+        for mechanism in ["MONGODB-AWS", "GSSAPI", "MONGODB-X509", "MONGODB-OIDC", ""] {
+            let reason = uri_error(&format!("mongodb://10.0.0.5/?authMechanism={mechanism}"));
+            assert!(
+                reason.contains("authMechanism must be one of SCRAM-SHA-256, SCRAM-SHA-1, PLAIN"),
+                "{mechanism}: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn public_source_hosts_that_reach_the_agents_own_network_are_refused() {
+        for host in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "169.254.169.254",
+            "169.254.0.23",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.0.8",
+            "192.0.2.10",
+            "198.51.100.1",
+            "203.0.113.1",
+            "198.18.0.1",
+            "::",
+            "::1",
+            "[::1]",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:10.0.0.1",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "localhost",
+            "LocalHost",
+            "localhost.",
+            "db.localhost",
+            "0x7f.0.0.1",
+            "0x7f000001",
+            "2130706433",
+            "0177.0.0.1",
+            "127.1",
+            "0xa9.254.169.254",
+        ] {
+            match check_public_source_host(host) {
+                Err(CoreError::InvalidArgument {
+                    field: "spec.mongo_host",
+                    reason,
+                }) => {
+                    assert!(reason.contains(&format!("{host:?}")), "{reason}");
+                    assert!(reason.contains("metadata service"), "{reason}");
+                    assert!(reason.contains("CVM task"), "{reason}");
+                    assert!(reason.contains("--allow-private-sources"), "{reason}");
+                }
+                other => panic!("{host} should be refused, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn public_source_hosts_on_the_internet_are_accepted() {
+        for host in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "169.253.0.1",
+            "192.169.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "mongo.example.com",
+            "localhost.example.com",
+            "mylocalhost",
+            "0xdeadbeef.example.com",
+        ] {
+            assert_eq!(check_public_source_host(host), Ok(()), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_public_address_in_a_numeric_form_is_refused_with_its_dotted_form() {
+        let err = check_public_source_host("0x08080808").unwrap_err();
+        assert!(err.to_string().contains("write it as \"8.8.8.8\""), "{err}");
     }
 }

@@ -283,6 +283,7 @@ mod tests {
             destination_instance_id: InstanceId::parse("d", "cmgo-6wk2mxa1").unwrap(),
             databases: vec![],
             require_verification: false,
+            tenant: crate::DEFAULT_TENANT.into(),
         };
         Task::new(TaskId::generate(), spec, 1)
     }

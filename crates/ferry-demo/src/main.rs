@@ -210,6 +210,7 @@ async fn drive(
         destination_instance_id: INSTANCE_ID.into(),
         databases: dataset::DATABASES.iter().map(|s| s.to_string()).collect(),
         require_verification: false,
+        tenant: String::new(),
     };
     let task = api
         .create_task(pb::CreateTaskRequest { spec: Some(spec) })

@@ -14,6 +14,4 @@ pub mod mongo;
 pub mod process;
 mod sandbox;
 
-pub use sandbox::{
-    wait_for, AgentSetup, Sandbox, SandboxBuilder, SandboxTls, AGENT_TOKEN, OPERATOR_TOKEN,
-};
+pub use sandbox::{wait_for, AgentSetup, Sandbox, SandboxBuilder, SandboxTls, OPERATOR_TOKEN};

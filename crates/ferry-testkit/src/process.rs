@@ -154,7 +154,6 @@ pub struct CoordinatorProcess {
     work: PathBuf,
     pub addr: SocketAddr,
     pub operator_token: String,
-    pub agent_token: String,
     child: Option<Child>,
     restarts: u32,
 }
@@ -168,22 +167,16 @@ impl CoordinatorProcess {
             work: work.to_path_buf(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             operator_token: format!("op-{:016x}", rand::random::<u64>()),
-            agent_token: format!("ag-{:016x}", rand::random::<u64>()),
             child: None,
             restarts: 0,
         };
         write_secret(&this.operator_token_file(), &this.operator_token)?;
-        write_secret(&this.agent_token_file(), &this.agent_token)?;
         this.spawn().await?;
         Ok(this)
     }
 
     pub fn operator_token_file(&self) -> PathBuf {
         self.work.join("operator-token")
-    }
-
-    pub fn agent_token_file(&self) -> PathBuf {
-        self.work.join("agent-token")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -210,8 +203,7 @@ impl CoordinatorProcess {
             .arg("--plaintext")
             .arg("--operator-token-file")
             .arg(self.operator_token_file())
-            .arg("--agent-token-file")
-            .arg(self.agent_token_file())
+            .arg("--allow-private-sources")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -262,7 +254,7 @@ pub struct AgentProcess {
     bins: Binaries,
     work: PathBuf,
     coordinator_url: String,
-    token_file: PathBuf,
+    join_token_file: PathBuf,
     metadata_url: String,
     pool: bool,
     extra_args: Vec<String>,
@@ -291,11 +283,29 @@ impl AgentProcess {
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work)?;
+        // Enrollment, as an operator does it: a join token for this agent's CVM (read from its metadata
+        // service) or for the pool.
+        let join_token_file = work.join("join-token");
+        if !join_token_file.exists() {
+            let mut op = coordinator.client().await?;
+            let cvm = if pool {
+                None
+            } else {
+                Some((
+                    http_get(&format!("{metadata_url}instance-id")).await?,
+                    http_get(&format!("{metadata_url}placement/region")).await?,
+                ))
+            };
+            let token =
+                create_join_token(&mut op, cvm.as_ref().map(|(c, r)| (c.as_str(), r.as_str())))
+                    .await?;
+            write_secret(&join_token_file, &token)?;
+        }
         let mut this = Self {
             bins: bins.clone(),
             work: work.to_path_buf(),
             coordinator_url: coordinator.url(),
-            token_file: coordinator.agent_token_file(),
+            join_token_file,
             metadata_url: metadata_url.to_string(),
             pool,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
@@ -328,8 +338,8 @@ impl AgentProcess {
             .arg(self.data_dir())
             .arg("--metadata-url")
             .arg(&self.metadata_url)
-            .arg("--token-file")
-            .arg(&self.token_file)
+            .arg("--join-token-file")
+            .arg(&self.join_token_file)
             .arg("--plaintext")
             .env("RUST_LOG", "info")
             .stdout(out)
@@ -379,6 +389,44 @@ async fn terminate(child: Option<Child>) -> anyhow::Result<Option<std::process::
             bail!("did not exit within 10 s of SIGTERM")
         }
     }
+}
+
+/// Creates a join token for a CVM agent (`cvm`: instance id and region) or a pool agent (`None`).
+pub async fn create_join_token(
+    op: &mut OperatorClient,
+    cvm: Option<(&str, &str)>,
+) -> anyhow::Result<String> {
+    let (cvm_id, region) = cvm.unwrap_or_default();
+    let token = op
+        .create_join_token(ferry_proto::v1::CreateJoinTokenRequest {
+            cvm_id: cvm_id.to_owned(),
+            region: region.to_owned(),
+            pool: cvm.is_none(),
+            ttl_seconds: 3600,
+            ..Default::default()
+        })
+        .await
+        .context("CreateJoinToken")?
+        .into_inner();
+    Ok(token.token)
+}
+
+/// The body of a plain HTTP GET (the metadata stand-in), trimmed.
+async fn http_get(url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(
+            format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok(body.trim().to_owned())
 }
 
 /// Reads a child's stdout until "listening on ADDR", then keeps copying it to `log` until the child closes it.

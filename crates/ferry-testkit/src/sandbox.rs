@@ -19,8 +19,6 @@ use crate::process::{operator_client, Metadata, MetadataServer, OperatorClient};
 
 /// Operator bearer token of every sandbox.
 pub const OPERATOR_TOKEN: &str = "sandbox-operator-token";
-/// Agent enrollment token of every sandbox.
-pub const AGENT_TOKEN: &str = "sandbox-agent-token";
 
 /// How often [`wait_for`] probes.
 const POLL: Duration = Duration::from_millis(20);
@@ -160,16 +158,34 @@ impl SandboxBuilder {
             dir,
         };
         sandbox.start_coordinator_on(listener);
+        let mut client = None;
         for (index, setup) in self.agents.into_iter().enumerate() {
             let metadata = MetadataServer::start(setup.metadata.clone()).await?;
             let data_dir = sandbox.dir.path().join(format!("agent-{index}"));
+            if client.is_none() {
+                client = Some(
+                    wait_for(Duration::from_secs(10), || async {
+                        Ok(sandbox.client().await.ok())
+                    })
+                    .await
+                    .context("the sandbox coordinator does not answer")?,
+                );
+            }
+            let Some(op) = client.as_mut() else {
+                bail!("no operator client");
+            };
+            let cvm = (!setup.pool).then_some((
+                setup.metadata.instance_id.as_str(),
+                setup.metadata.region.as_str(),
+            ));
+            let join_token = crate::process::create_join_token(op, cvm).await?;
             let mut agent = SandboxAgent {
                 setup,
                 metadata,
                 data_dir,
                 running: None,
             };
-            agent.start(&sandbox.url(), sandbox.ca_file.as_deref());
+            agent.start(&sandbox.url(), sandbox.ca_file.as_deref(), Some(join_token));
             sandbox.agents.push(agent);
         }
         Ok(sandbox)
@@ -199,13 +215,18 @@ struct SandboxAgent {
 }
 
 impl SandboxAgent {
-    fn start(&mut self, coordinator_url: &str, ca_file: Option<&std::path::Path>) {
+    fn start(
+        &mut self,
+        coordinator_url: &str,
+        ca_file: Option<&std::path::Path>,
+        join_token: Option<String>,
+    ) {
         let mut config = ferry_agent::AgentConfig::new(coordinator_url, &self.data_dir);
         config.plaintext = ca_file.is_none();
         config.tls_ca = ca_file.map(std::path::Path::to_path_buf);
         config.pool = self.setup.pool;
         config.metadata_url = self.metadata.url();
-        config.token = Some(ferry_agent::Secret::new(AGENT_TOKEN));
+        config.join_token = join_token.map(ferry_agent::Secret::new);
         config.reconnect_initial = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(500);
         config.metadata_timeout = Duration::from_secs(1);
@@ -292,12 +313,13 @@ impl Sandbox {
         self.agents.len()
     }
 
-    /// The agent id agent `index` persisted (None before its first start completed).
+    /// The agent id agent `index` received at enrollment (None before it enrolled).
     pub fn agent_id(&self, index: usize) -> Option<String> {
         let agent = self.agents.get(index)?;
-        std::fs::read_to_string(agent.data_dir.join(ferry_agent::identity::AGENT_ID_FILE))
+        ferry_agent::enrollment::Enrollment::load(&agent.data_dir)
             .ok()
-            .map(|s| s.trim().to_owned())
+            .flatten()
+            .map(|e| e.agent_id)
     }
 
     /// The data dir of agent `index`.
@@ -334,16 +356,13 @@ impl Sandbox {
         self.kill_agent(index).await?;
         let url = self.url();
         let ca_file = self.ca_file.clone();
-        self.agent_mut(index)?.start(&url, ca_file.as_deref());
+        self.agent_mut(index)?.start(&url, ca_file.as_deref(), None);
         Ok(())
     }
 
     fn start_coordinator_on(&mut self, listener: TcpListener) {
-        let mut config = ferry_coordinator::Config::plaintext(
-            self.coordinator_data_dir(),
-            OPERATOR_TOKEN,
-            AGENT_TOKEN,
-        );
+        let mut config =
+            ferry_coordinator::Config::plaintext(self.coordinator_data_dir(), OPERATOR_TOKEN);
         config.heartbeat_interval = self.heartbeat_interval;
         config.list_databases_timeout = Duration::from_secs(10);
         config.tls = self.tls.as_ref().map(|tls| ferry_coordinator::TlsPem {

@@ -57,8 +57,10 @@ fn assert_logs_free_of_passwords(expected: &[&str]) {
     for secret in [
         SOURCE_PASSWORD,
         DEST_PASSWORD,
-        ferry_testkit::AGENT_TOKEN,
         ferry_testkit::OPERATOR_TOKEN,
+        // Join tokens and the agent's private key.
+        "fjt-",
+        "PRIVATE KEY",
     ] {
         assert!(!text.contains(secret), "a secret reached the logs");
     }
@@ -164,6 +166,7 @@ impl World {
             destination_instance_id: INSTANCE_ID.into(),
             databases: vec!["shop".into()],
             require_verification: false,
+            tenant: String::new(),
         };
         let mut api = self.api.clone();
         let task = api
@@ -394,6 +397,7 @@ async fn a_pool_agent_runs_public_network_checks() {
         destination_instance_id: INSTANCE_ID.into(),
         databases: Vec::new(),
         require_verification: false,
+        tenant: String::new(),
     };
     let task = api
         .create_task(pb::CreateTaskRequest { spec: Some(spec) })

@@ -54,9 +54,15 @@ pub enum Command {
     /// Migration tasks.
     #[command(subcommand)]
     Task(TaskCommand),
-    /// Agents.
+    /// Agents: list, enroll (join tokens), revoke.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The audit log (admin).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Show the calling principal: name, role, tenants and permissions.
+    #[command(name = "whoami")]
+    WhoAmI,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +103,10 @@ pub struct RegisterInstance {
     /// Destination user.
     #[arg(long)]
     pub username: String,
+    /// Tenant the instance belongs to (1..40 of [a-z0-9-]); only tasks of that tenant may use it. Default: the
+    /// caller's only tenant (or "default").
+    #[arg(long)]
+    pub tenant: Option<String>,
     #[command(flatten)]
     pub password: PasswordSource,
 }
@@ -170,10 +180,21 @@ pub struct SpecArgs {
     pub password: PasswordSource,
 }
 
+/// `task create`: the spec flags plus the tenant (fixed at creation).
+#[derive(Debug, Args)]
+pub struct CreateTask {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Tenant (project) the task belongs to (1..40 of [a-z0-9-]); fixed at creation. Default: the caller's only
+    /// tenant (or "default").
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
     /// Create a task.
-    Create(SpecArgs),
+    Create(CreateTask),
     /// Show a task.
     Get { task_id: String },
     /// List tasks.
@@ -269,4 +290,160 @@ pub enum AgentCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
+    /// Single-use tokens that enroll a new agent (admin).
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
+    /// Revoke an agent (admin): its session ends and its credential is refused from then on; its tasks wait for
+    /// another eligible agent.
+    Revoke {
+        /// Agent id, e.g. agent-0123456789ab.
+        agent_id: String,
+        /// Why, for the audit log (at most 200 characters).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `agent join-token ...`.
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a join token for one CVM (--cvm-id with --region) or for a pool agent (--pool). The token is shown
+    /// once: printed, or written to --output-file.
+    Create(CreateJoinToken),
+}
+
+/// `agent join-token create` flags.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("binding").required(true).args(["cvm_id", "pool"])))]
+pub struct CreateJoinToken {
+    /// The CVM the agent will run on ("ins-" + 8 lowercase alphanumerics); needs --region.
+    #[arg(long, requires = "region")]
+    pub cvm_id: Option<String>,
+    /// The CVM's region, e.g. ap-guangzhou (with --cvm-id).
+    #[arg(long, requires = "cvm_id")]
+    pub region: Option<String>,
+    /// Instead of a CVM: the agent joins the pool that runs public-network tasks.
+    #[arg(long, conflicts_with_all = ["cvm_id", "region"])]
+    pub pool: bool,
+    /// How long the token may be used, e.g. 30m, 1h, 2d (at most 7d).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: u32,
+    /// Tenant the agent serves (default: any tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Free text for the audit log, e.g. a ticket number (at most 200 characters).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Write the token to this new file (mode 0600; an existing file is never overwritten) instead of printing it.
+    #[arg(long)]
+    pub output_file: Option<PathBuf>,
+}
+
+/// The longest join-token TTL the coordinator accepts.
+pub const MAX_JOIN_TOKEN_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// `--ttl`: a humantime duration of whole seconds, 1s..=7d, as seconds.
+pub fn parse_ttl(text: &str) -> Result<u32, String> {
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}): use e.g. 30m, 1h or 2d"))?;
+    if ttl.subsec_nanos() != 0 {
+        return Err(format!(
+            "{text:?} is not a whole number of seconds: use e.g. 90s or 2m"
+        ));
+    }
+    let seconds = ttl.as_secs();
+    if seconds == 0 {
+        return Err(format!(
+            "{text:?} is zero: a token must be valid for at least 1s"
+        ));
+    }
+    if seconds > MAX_JOIN_TOKEN_TTL_SECONDS {
+        return Err(format!(
+            "{text:?} is longer than the coordinator allows: at most 7d"
+        ));
+    }
+    u32::try_from(seconds).map_err(|_| format!("{text:?} is too long: at most 7d"))
+}
+
+/// `audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, oldest first (every page, up to --limit).
+    List(ListAudit),
+}
+
+/// `audit list` flags. Times are durations ago (`1h` = one hour ago) or RFC 3339 times.
+#[derive(Debug, Args)]
+pub struct ListAudit {
+    /// Only events acting on this task.
+    #[arg(long = "task")]
+    pub task_id: Option<String>,
+    /// Only events of this principal, e.g. admin or agent:agent-0123456789ab.
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only events at or after this time: a duration ago (30m, 1h, 2d) or RFC 3339 (2024-05-01T08:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events before this time: a duration ago (30m, 1h, 2d) or RFC 3339 (2024-05-01T08:00:00Z).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Stop after this many events (default: all).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+}
+
+/// `--since` / `--until`: a duration ago (`1h` = one hour before `now`) or an RFC 3339 time (`Z` or a `+08:00`
+/// style offset). The error names the flag, the value and the accepted forms.
+pub fn parse_time_bound(
+    flag: &str,
+    text: &str,
+    now: std::time::SystemTime,
+) -> Result<std::time::SystemTime, String> {
+    let text = text.trim();
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return now.checked_sub(ago).ok_or_else(|| {
+            format!("{flag} {text:?}: that duration reaches before 1970; use a shorter one")
+        });
+    }
+    if let Some(time) = parse_rfc3339(text) {
+        return Ok(time);
+    }
+    Err(format!(
+        "{flag} {text:?} is neither a duration ago (e.g. 30m, 1h, 2d) nor an RFC 3339 time (e.g. \
+         2024-05-01T08:00:00Z or 2024-05-01T16:00:00+08:00)"
+    ))
+}
+
+/// RFC 3339 with `Z` (humantime) or a numeric `+HH:MM` / `-HH:MM` offset.
+fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    if let Ok(time) = humantime::parse_rfc3339(text) {
+        return Some(time);
+    }
+    // "...+08:00": the last six characters are the offset; the rest parsed as UTC, then shifted.
+    let split = text.len().checked_sub(6)?;
+    if !text.is_char_boundary(split) {
+        return None;
+    }
+    let (local, offset) = text.split_at(split);
+    let bytes = offset.as_bytes();
+    let sign = match bytes {
+        [b'+', h1, h2, b':', m1, m2] if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) => 1i64,
+        [b'-', h1, h2, b':', m1, m2] if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) => {
+            -1i64
+        }
+        _ => return None,
+    };
+    let hours: u64 = offset.get(1..3)?.parse().ok()?;
+    let minutes: u64 = offset.get(4..6)?.parse().ok()?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let as_utc = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
+    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+    // Local time = UTC + offset, so UTC = local - offset.
+    if sign > 0 {
+        as_utc.checked_sub(shift)
+    } else {
+        as_utc.checked_add(shift)
+    }
 }

@@ -1,34 +1,44 @@
-//! ferryctl: the operator CLI over `ferry.v1.MigrationService` (instances, tasks, agents), with table or JSON
-//! output and a live `task watch`.
+//! ferryctl: the operator CLI over `ferry.v1.MigrationService` (instances, tasks, agents and their join tokens,
+//! the audit log, the calling principal), with table or JSON output and a live `task watch`.
 //!
 //! Owns argument handling, calls and rendering. It uses only the public contract (`ferry-proto`), never coordinator
-//! internals, and never prints a password or a token.
+//! internals, and never prints a password or the operator token. The one secret it shows is a new join token, and
+//! only when the user asked for it on stdout (`agent join-token create` without `--output-file`). Text output never
+//! shows a server-supplied control character raw (see [`output::escape`]).
 //!
-//! Exit codes: 0 success; 1 the coordinator returned an error (the gRPC code and message are printed); 2 usage
-//! error (bad flags, unreadable token or password file); 3 the coordinator could not be reached; 4 the watched task
-//! ended FAILED or its checks failed (`task watch`, `task check --wait`), or a verification did not pass
-//! (`task verify --wait`).
+//! Exit codes: 0 success; 1 the coordinator returned an error (the gRPC code and message are printed) or an unusable
+//! answer; 2 usage error (bad flags, unreadable token or password file, an existing `--output-file`); 3 the
+//! coordinator could not be reached; 4 the watched task ended FAILED or its checks failed (`task watch`,
+//! `task check --wait`), or a verification did not pass (`task verify --wait`).
 
 pub mod cli;
 pub mod client;
 pub mod output;
 pub mod password;
+pub mod token_file;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::time::SystemTime;
 
 use ferry_proto::v1::{
-    CheckTaskRequest, CompleteTaskRequest, CreateTaskRequest, DeleteInstanceRequest,
-    DeleteTaskRequest, GetTaskRequest, Instance, ListAgentsRequest, ListInstancesRequest,
-    ListMismatchesRequest, ListSourceDatabasesRequest, ListTasksRequest, RegisterInstanceRequest,
+    CheckTaskRequest, CompleteTaskRequest, CreateJoinTokenRequest, CreateTaskRequest,
+    DeleteInstanceRequest, DeleteTaskRequest, GetTaskRequest, Instance, JoinToken,
+    ListAgentsRequest, ListAuditEventsRequest, ListInstancesRequest, ListMismatchesRequest,
+    ListSourceDatabasesRequest, ListTasksRequest, RegisterInstanceRequest, RevokeAgentRequest,
     StartTaskRequest, StopTaskRequest, Task, TaskKind, TaskSpec, TaskState, UpdateTaskRequest,
-    VerificationState, VerifyMode, VerifyTaskRequest, WatchTaskRequest,
+    VerificationState, VerifyMode, VerifyTaskRequest, WatchTaskRequest, WhoAmIRequest,
 };
 use serde_json::json;
 
 use crate::cli::{
-    AgentCommand, Cli, Command, InstanceCommand, Kind, Output, SpecArgs, StateFilter, TaskCommand,
+    AgentCommand, AuditCommand, Cli, Command, CreateJoinToken, InstanceCommand, JoinTokenCommand,
+    Kind, ListAudit, Output, SpecArgs, StateFilter, TaskCommand,
 };
 use crate::client::Client;
+use crate::token_file::TokenFile;
+
+/// Page size of `audit list` (the most the coordinator serves per page).
+const AUDIT_PAGE_SIZE: u64 = 1000;
 
 /// Errors of ferryctl, each with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +65,17 @@ pub enum CtlError {
     /// A verification waited for did not pass.
     #[error("{0}")]
     Ended(String),
+    /// The coordinator answered, but with something unusable (e.g. a malformed join token or a page token that
+    /// does not advance).
+    #[error("{0}")]
+    BadResponse(String),
 }
 
 impl CtlError {
     /// Process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Status(_) => 1,
+            CtlError::Status(_) | CtlError::BadResponse(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Connect(_) => 3,
             CtlError::TaskFailed { .. } | CtlError::Ended(_) => 4,
@@ -88,7 +102,15 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Instance(command) => ctl.instance(command).await,
         Command::Task(command) => ctl.task(command).await,
         Command::Agent(command) => ctl.agent(command).await,
+        Command::Audit(AuditCommand::List(args)) => ctl.audit_list(args).await,
+        Command::WhoAmI => ctl.whoami().await,
     }
+}
+
+/// The line `main` prints for an error: `error: ...` with control characters escaped (messages may quote
+/// server-supplied text such as a failure reason).
+pub fn error_line(error: &CtlError) -> String {
+    format!("error: {}", output::escape(&error.to_string()))
 }
 
 struct Ctl {
@@ -117,10 +139,7 @@ impl Ctl {
     }
 
     fn print_json(&self, value: serde_json::Value) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        println!("{}", output::json_text(&value, true));
     }
 
     fn print_task(&self, task: &Task) {
@@ -150,6 +169,7 @@ impl Ctl {
                     uri: args.uri,
                     username: args.username,
                     password,
+                    tenant: args.tenant.unwrap_or_default(),
                     ..Instance::default()
                 };
                 let created = self
@@ -200,14 +220,15 @@ impl Ctl {
     fn print_deleted(&self, what: &str, id: &str) {
         match self.output {
             Output::Json => self.print_json(json!({"deleted": id})),
-            Output::Table => println!("deleted {what} {id}"),
+            Output::Table => println!("deleted {what} {}", output::escape(id)),
         }
     }
 
     async fn task(&mut self, command: TaskCommand) -> Result<(), CtlError> {
         match command {
             TaskCommand::Create(args) => {
-                let spec = new_spec(args)?;
+                let mut spec = new_spec(args.spec)?;
+                spec.tenant = args.tenant.unwrap_or_default();
                 let task = self
                     .client()
                     .await?
@@ -277,7 +298,11 @@ impl Ctl {
                 match self.output {
                     Output::Json => self.print_json(output::task_json(&last)),
                     Output::Table => {
-                        println!("task {} {}", last.id, output::state_name(last.state));
+                        println!(
+                            "task {} {}",
+                            output::escape(&last.id),
+                            output::state_name(last.state)
+                        );
                         print!("{}", output::checks_table(&last.checks));
                     }
                 }
@@ -413,7 +438,10 @@ impl Ctl {
             let line = output::verification_summary(&v);
             match (&bar, self.output) {
                 (_, Output::Json) if line != last_line => {
-                    println!("{}", output::verification_json(&v))
+                    println!(
+                        "{}",
+                        output::json_text(&output::verification_json(&v), false)
+                    )
                 }
                 (Some(bar), _) => {
                     let total = v.documents_total.max(1);
@@ -515,7 +543,9 @@ impl Ctl {
             );
             if live {
                 match (&bar, self.output) {
-                    (_, Output::Json) => println!("{}", output::task_json(&task)),
+                    (_, Output::Json) => {
+                        println!("{}", output::json_text(&output::task_json(&task), false))
+                    }
                     (Some(bar), _) => {
                         let fraction = task
                             .progress
@@ -545,36 +575,248 @@ impl Ctl {
     }
 
     async fn agent(&mut self, command: AgentCommand) -> Result<(), CtlError> {
-        let AgentCommand::List {
-            page_size,
-            page_token,
-        } = command;
-        let response = self
+        match command {
+            AgentCommand::List {
+                page_size,
+                page_token,
+            } => {
+                let response = self
+                    .client()
+                    .await?
+                    .list_agents(ListAgentsRequest {
+                        page_size,
+                        page_token: page_token.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                match self.output {
+                    Output::Json => self.print_json(json!({
+                        "agents": response.agents.iter().map(output::agent_json).collect::<Vec<_>>(),
+                        "next_page_token": response.next_page_token,
+                    })),
+                    Output::Table => {
+                        print!("{}", output::agents_table(&response.agents));
+                        print_next_page(&response.next_page_token);
+                    }
+                }
+            }
+            AgentCommand::JoinToken(JoinTokenCommand::Create(args)) => {
+                self.create_join_token(args).await?
+            }
+            AgentCommand::Revoke { agent_id, reason } => {
+                let agent = self
+                    .client()
+                    .await?
+                    .revoke_agent(RevokeAgentRequest {
+                        agent_id,
+                        reason: reason.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                match self.output {
+                    Output::Json => self.print_json(output::agent_json(&agent)),
+                    Output::Table => print!("{}", output::agent_detail(&agent)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// CreateJoinToken. With `--output-file` the file is created (new, 0600) before the call, so a bad path never
+    /// costs a token, and the token goes only there; otherwise the token is printed, as the user asked.
+    async fn create_join_token(&mut self, args: CreateJoinToken) -> Result<(), CtlError> {
+        let file = args
+            .output_file
+            .as_deref()
+            .map(TokenFile::create)
+            .transpose()?;
+        let request = join_token_request(&args);
+        let response = match self.client().await {
+            Ok(mut client) => client
+                .create_join_token(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(CtlError::from),
+            Err(error) => Err(error),
+        };
+        let token = match response.and_then(check_join_token) {
+            Ok(token) => token,
+            Err(error) => {
+                if let Some(file) = file {
+                    file.discard();
+                }
+                return Err(error);
+            }
+        };
+        let path = file.as_ref().map(|f| f.path().display().to_string());
+        if let Some(file) = file {
+            file.write_token(&token.token).map_err(|e| {
+                CtlError::Usage(format!(
+                    "the coordinator created join token {} but it could not be written: {e}; that token is \
+                     lost (it expires unused at {}): create another",
+                    output::escape(&token.token_id),
+                    output::time(token.expire_time.as_ref()),
+                ))
+            })?;
+        }
+        let show_secret = path.is_none();
+        match self.output {
+            Output::Json => self.print_json(output::join_token_json(
+                &token,
+                show_secret,
+                path.as_deref(),
+            )),
+            Output::Table => print!(
+                "{}",
+                output::join_token_text(&token, show_secret, path.as_deref())
+            ),
+        }
+        Ok(())
+    }
+
+    /// ListAuditEvents page by page (oldest first) until the log is exhausted or `--limit` events were shown.
+    /// Text: one line per event as each page arrives; JSON: one document `{"events": [...]}`.
+    async fn audit_list(&mut self, args: ListAudit) -> Result<(), CtlError> {
+        let now = SystemTime::now();
+        let bound = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| cli::parse_time_bound(flag, t, now))
+                .transpose()
+                .map_err(CtlError::Usage)
+        };
+        let since = bound("--since", &args.since)?;
+        let until = bound("--until", &args.until)?;
+        if let (Some(since), Some(until)) = (since, until) {
+            if since > until {
+                return Err(CtlError::Usage(format!(
+                    "--since {:?} ({}) is after --until {:?} ({}): nothing can match; swap them or widen the \
+                     range",
+                    args.since.as_deref().unwrap_or_default(),
+                    humantime::format_rfc3339_seconds(since),
+                    args.until.as_deref().unwrap_or_default(),
+                    humantime::format_rfc3339_seconds(until),
+                )));
+            }
+        }
+        let mut client = self.client().await?;
+        let mut page_token = String::new();
+        let mut shown: u64 = 0;
+        let mut events_json = Vec::new();
+        loop {
+            let wanted = args
+                .limit
+                .map_or(AUDIT_PAGE_SIZE, |limit| limit.saturating_sub(shown))
+                .min(AUDIT_PAGE_SIZE);
+            let response = client
+                .list_audit_events(ListAuditEventsRequest {
+                    task_id: args.task_id.clone().unwrap_or_default(),
+                    principal: args.principal.clone().unwrap_or_default(),
+                    start_time: since.map(prost_types::Timestamp::from),
+                    end_time: until.map(prost_types::Timestamp::from),
+                    page_size: i32::try_from(wanted).unwrap_or(1000),
+                    page_token: page_token.clone(),
+                })
+                .await?
+                .into_inner();
+            let take = usize::try_from(wanted).unwrap_or(usize::MAX);
+            let mut text = String::new();
+            for event in response.events.iter().take(take) {
+                shown += 1;
+                match self.output {
+                    Output::Json => events_json.push(output::audit_event_json(event)),
+                    Output::Table => {
+                        text.push_str(&output::audit_line(event));
+                        text.push('\n');
+                    }
+                }
+            }
+            if !write_stdout(&text)? {
+                return Ok(());
+            }
+            let limit_reached = args.limit.is_some_and(|limit| shown >= limit);
+            if limit_reached || response.next_page_token.is_empty() {
+                break;
+            }
+            if response.next_page_token == page_token {
+                return Err(CtlError::BadResponse(format!(
+                    "the coordinator returned page token {:?} again: stopping after {shown} events \
+                     (narrow the query with --since/--until)",
+                    output::escape(&page_token)
+                )));
+            }
+            page_token = response.next_page_token;
+        }
+        if self.output == Output::Json {
+            self.print_json(json!({ "events": events_json }));
+        }
+        Ok(())
+    }
+
+    async fn whoami(&mut self) -> Result<(), CtlError> {
+        let principal = self
             .client()
             .await?
-            .list_agents(ListAgentsRequest {
-                page_size,
-                page_token: page_token.unwrap_or_default(),
-            })
+            .who_am_i(WhoAmIRequest {})
             .await?
             .into_inner();
         match self.output {
-            Output::Json => self.print_json(json!({
-                "agents": response.agents.iter().map(output::agent_json).collect::<Vec<_>>(),
-                "next_page_token": response.next_page_token,
-            })),
-            Output::Table => {
-                print!("{}", output::agents_table(&response.agents));
-                print_next_page(&response.next_page_token);
-            }
+            Output::Json => self.print_json(output::principal_json(&principal)),
+            Output::Table => print!("{}", output::principal_text(&principal)),
         }
         Ok(())
     }
 }
 
+/// Writes `text` to stdout; `false` when the reader went away (e.g. `| head`), so the caller stops quietly.
+fn write_stdout(text: &str) -> Result<bool, CtlError> {
+    if text.is_empty() {
+        return Ok(true);
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CtlError::Usage(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// The CreateJoinToken request for the flags (clap already enforced `--cvm-id` with `--region`, or `--pool`).
+fn join_token_request(args: &CreateJoinToken) -> CreateJoinTokenRequest {
+    CreateJoinTokenRequest {
+        cvm_id: args.cvm_id.clone().unwrap_or_default(),
+        region: args.region.clone().unwrap_or_default(),
+        pool: args.pool,
+        ttl_seconds: args.ttl,
+        tenant: args.tenant.clone().unwrap_or_default(),
+        description: args.description.clone().unwrap_or_default(),
+    }
+}
+
+/// Refuses a join token the agent could not use: empty, or with whitespace or control characters (a file holding
+/// it would be misread, a terminal showing it could be rewritten).
+fn check_join_token(token: JoinToken) -> Result<JoinToken, CtlError> {
+    if token.token.is_empty() {
+        return Err(CtlError::BadResponse(format!(
+            "the coordinator returned join token {} without the secret token; create another",
+            output::escape(&token.token_id)
+        )));
+    }
+    if !token.token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(CtlError::BadResponse(format!(
+            "the coordinator returned join token {} whose secret contains whitespace, control or non-ASCII \
+             characters; it was not printed or written: create another, and check the coordinator version",
+            output::escape(&token.token_id)
+        )));
+    }
+    Ok(token)
+}
+
 fn print_next_page(token: &str) {
     if !token.is_empty() {
-        println!("(more: --page-token {token})");
+        println!("(more: --page-token {})", output::escape(token));
     }
 }
 
@@ -736,6 +978,296 @@ mod tests {
         let unique: std::collections::HashSet<_> = codes.iter().collect();
         assert_eq!(unique.len(), codes.len());
         assert!(!codes.contains(&0));
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ferryctl").chain(args.iter().copied()))
+    }
+
+    fn join_token_args(args: &[&str]) -> Result<CreateJoinToken, clap::Error> {
+        let mut all = vec!["agent", "join-token", "create"];
+        all.extend_from_slice(args);
+        match parse(&all)?.command {
+            Command::Agent(AgentCommand::JoinToken(JoinTokenCommand::Create(args))) => Ok(args),
+            other => panic!("parsed into {other:?}"),
+        }
+    }
+
+    #[test]
+    fn join_token_create_for_a_cvm() {
+        let args = join_token_args(&[
+            "--cvm-id",
+            "ins-abcd1234",
+            "--region",
+            "ap-guangzhou",
+            "--tenant",
+            "team-a",
+            "--description",
+            "TICKET-7",
+        ])
+        .unwrap();
+        assert_eq!(args.ttl, 3600, "default TTL is 1h");
+        assert!(args.output_file.is_none());
+        let request = join_token_request(&args);
+        assert_eq!(request.cvm_id, "ins-abcd1234");
+        assert_eq!(request.region, "ap-guangzhou");
+        assert!(!request.pool);
+        assert_eq!(request.ttl_seconds, 3600);
+        assert_eq!(request.tenant, "team-a");
+        assert_eq!(request.description, "TICKET-7");
+    }
+
+    #[test]
+    fn join_token_create_for_the_pool_with_ttl_and_file() {
+        let args =
+            join_token_args(&["--pool", "--ttl", "2h 30m", "--output-file", "/tmp/t"]).unwrap();
+        let request = join_token_request(&args);
+        assert!(request.pool);
+        assert_eq!(request.cvm_id, "");
+        assert_eq!(request.ttl_seconds, 9000);
+        assert_eq!(request.tenant, "");
+        assert_eq!(
+            args.output_file.as_deref(),
+            Some(std::path::Path::new("/tmp/t"))
+        );
+        assert_eq!(
+            join_token_args(&["--pool", "--ttl", "7d"]).unwrap().ttl,
+            604_800
+        );
+    }
+
+    #[test]
+    fn join_token_create_needs_exactly_one_binding() {
+        for bad in [
+            &[][..],
+            &["--cvm-id", "ins-abcd1234"][..],
+            &["--region", "ap-guangzhou"][..],
+            &[
+                "--pool",
+                "--cvm-id",
+                "ins-abcd1234",
+                "--region",
+                "ap-guangzhou",
+            ][..],
+            &["--pool", "--region", "ap-guangzhou"][..],
+        ] {
+            assert!(join_token_args(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn join_token_ttl_is_checked_with_a_clear_error() {
+        for (ttl, why) in [
+            ("8d", "at most 7d"),
+            ("0s", "at least 1s"),
+            ("1500ms", "whole number of seconds"),
+            ("soon", "not a duration"),
+        ] {
+            let error = join_token_args(&["--pool", "--ttl", ttl]).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.contains("--ttl") && text.contains(ttl) && text.contains(why),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_join_token_that_is_empty_or_not_printable_is_refused() {
+        let token = |secret: &str| JoinToken {
+            token_id: "jt-3f9a1c2b7d4e".to_owned(),
+            token: secret.to_owned(),
+            ..JoinToken::default()
+        };
+        assert!(check_join_token(token("ftk_abc.DEF-123")).is_ok());
+        for bad in ["", "abc def", "abc\ndef", "abc\u{1b}[2J", "abc\u{e9}"] {
+            let error = check_join_token(token(bad)).unwrap_err();
+            assert_eq!(error.exit_code(), 1);
+            assert!(error.to_string().contains("jt-3f9a1c2b7d4e"), "{error}");
+        }
+    }
+
+    #[test]
+    fn agent_revoke_parses_id_and_reason() {
+        let cli = parse(&[
+            "agent",
+            "revoke",
+            "agent-0123456789ab",
+            "--reason",
+            "host lost",
+        ])
+        .unwrap();
+        let Command::Agent(AgentCommand::Revoke { agent_id, reason }) = cli.command else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(agent_id, "agent-0123456789ab");
+        assert_eq!(reason.as_deref(), Some("host lost"));
+        assert!(
+            parse(&["agent", "revoke"]).is_err(),
+            "the agent id is required"
+        );
+    }
+
+    #[test]
+    fn audit_list_parses_filters() {
+        let cli = parse(&[
+            "audit",
+            "list",
+            "--task",
+            "task-7f3a9c2d1e4b",
+            "--principal",
+            "admin",
+            "--since",
+            "1h",
+            "--until",
+            "2024-05-01T08:00:00Z",
+            "--limit",
+            "25",
+        ])
+        .unwrap();
+        let Command::Audit(AuditCommand::List(args)) = cli.command else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(args.task_id.as_deref(), Some("task-7f3a9c2d1e4b"));
+        assert_eq!(args.principal.as_deref(), Some("admin"));
+        assert_eq!(args.since.as_deref(), Some("1h"));
+        assert_eq!(args.until.as_deref(), Some("2024-05-01T08:00:00Z"));
+        assert_eq!(args.limit, Some(25));
+        assert!(parse(&["audit", "list", "--limit", "0"]).is_err());
+        let Command::Audit(AuditCommand::List(none)) = parse(&["audit", "list"]).unwrap().command
+        else {
+            panic!("parsed into another command");
+        };
+        assert!(none.since.is_none() && none.limit.is_none());
+    }
+
+    #[test]
+    fn since_and_until_take_a_duration_ago_or_rfc3339() {
+        let now = humantime::parse_rfc3339("2024-05-01T12:00:00Z").unwrap();
+        let at = |text: &str| cli::parse_time_bound("--since", text, now).unwrap();
+        assert_eq!(
+            at("1h"),
+            humantime::parse_rfc3339("2024-05-01T11:00:00Z").unwrap()
+        );
+        assert_eq!(
+            at("90m"),
+            humantime::parse_rfc3339("2024-05-01T10:30:00Z").unwrap()
+        );
+        assert_eq!(
+            at("2024-04-30T08:00:00Z"),
+            humantime::parse_rfc3339("2024-04-30T08:00:00Z").unwrap()
+        );
+        assert_eq!(
+            at("2024-04-30T16:00:00+08:00"),
+            humantime::parse_rfc3339("2024-04-30T08:00:00Z").unwrap()
+        );
+        assert_eq!(
+            at("2024-04-30T03:30:00-04:30"),
+            humantime::parse_rfc3339("2024-04-30T08:00:00Z").unwrap()
+        );
+        for bad in [
+            "yesterday",
+            "2024-04-30",
+            "2024-04-30T16:00:00+8:00",
+            "2024-04-30T16:00:00+25:00",
+            "+08:00",
+            "é",
+        ] {
+            let error = cli::parse_time_bound("--until", bad, now).unwrap_err();
+            assert!(
+                error.contains("--until") && error.contains(bad) && error.contains("RFC 3339"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn whoami_parses() {
+        assert!(matches!(
+            parse(&["whoami"]).unwrap().command,
+            Command::WhoAmI
+        ));
+        assert!(parse(&["whoami", "extra"]).is_err());
+    }
+
+    #[test]
+    fn tenant_on_task_create_and_instance_register_only() {
+        let cli = parse(&["task", "create", "--name", "orders", "--tenant", "team-a"]).unwrap();
+        let Command::Task(TaskCommand::Create(args)) = cli.command else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(args.tenant.as_deref(), Some("team-a"));
+        assert_eq!(args.spec.name.as_deref(), Some("orders"));
+        let cli = parse(&[
+            "instance",
+            "register",
+            "--id",
+            "cmgo-6wk2mxa1",
+            "--region",
+            "ap-guangzhou",
+            "--uri",
+            "mongodb://10.0.0.5:27017",
+            "--username",
+            "root",
+            "--tenant",
+            "team-a",
+        ])
+        .unwrap();
+        let Command::Instance(InstanceCommand::Register(args)) = cli.command else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(args.tenant.as_deref(), Some("team-a"));
+        // The tenant is fixed at creation.
+        assert!(parse(&["task", "update", "task-1", "--tenant", "team-b"]).is_err());
+    }
+
+    #[test]
+    fn the_token_file_is_new_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("join-token");
+        let file = TokenFile::create(&path).unwrap();
+        file.write_token("ftk_secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ftk_secret\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let error = TokenFile::create(&path).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        let text = error.to_string();
+        assert!(
+            text.contains("--output-file")
+                && text.contains("join-token")
+                && text.contains("already exists"),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "ftk_secret\n",
+            "not overwritten"
+        );
+        let missing = dir.path().join("no-such-dir").join("t");
+        let text = TokenFile::create(&missing).unwrap_err().to_string();
+        assert!(text.contains("directory does not exist"), "{text}");
+        let discarded = dir.path().join("discarded");
+        TokenFile::create(&discarded).unwrap().discard();
+        assert!(!discarded.exists());
+    }
+
+    #[test]
+    fn error_lines_escape_server_text() {
+        let error = CtlError::TaskFailed {
+            task_id: "task-1".to_owned(),
+            state: "FAILED".to_owned(),
+            reason: ": boom\u{1b}[2J\nFAKE LINE".to_owned(),
+        };
+        let line = error_line(&error);
+        assert!(!line.contains('\u{1b}') && !line.contains('\n'), "{line:?}");
+        assert!(line.contains("\\nFAKE LINE"), "{line}");
+        let status = CtlError::Status(tonic::Status::not_found("no\rtask"));
+        assert!(!error_line(&status).contains('\r'));
     }
 
     #[test]

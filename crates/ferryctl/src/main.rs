@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     match ferryctl::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("{}", ferryctl::error_line(&error));
             ExitCode::from(error.exit_code())
         }
     }

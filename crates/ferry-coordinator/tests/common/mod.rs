@@ -16,12 +16,22 @@ use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 pub const OPERATOR_TOKEN: &str = "op-token-0123456789";
-pub const AGENT_TOKEN: &str = "agent-token-0123456789";
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An enrolled fake agent's credential.
+#[derive(Clone, Debug)]
+pub struct Cred {
+    pub agent_id: String,
+    pub secret: String,
+    pub certificate_pem: String,
+    pub key_pem: String,
+}
 
 pub struct Coord {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// Fake agents enrolled so far, by the name the test gave them.
+    enrolled: std::sync::Mutex<std::collections::HashMap<String, Cred>>,
     stop: Option<oneshot::Sender<()>>,
     join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -33,7 +43,7 @@ impl Coord {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::plaintext(dir.path().to_path_buf(), OPERATOR_TOKEN, AGENT_TOKEN);
+        let mut config = Config::plaintext(dir.path().to_path_buf(), OPERATOR_TOKEN);
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -44,6 +54,7 @@ impl Coord {
         Self {
             addr,
             dir,
+            enrolled: Default::default(),
             stop: Some(stop),
             join: Some(join),
         }
@@ -59,6 +70,20 @@ impl Coord {
 
     pub async fn operator(&self) -> Operator {
         operator_client(self.channel().await, Some(OPERATOR_TOKEN))
+    }
+
+    /// Enrolls a fake agent called `name` (once per name: later calls return the same credential) for `cvm`, or
+    /// for the pool.
+    pub async fn enroll(&self, name: &str, cvm: &str, pool: bool) -> Cred {
+        if let Some(cred) = self.enrolled.lock().unwrap().get(name) {
+            return cred.clone();
+        }
+        let cred = enroll_on(self.channel().await, cvm, pool).await;
+        self.enrolled
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), cred.clone());
+        cred
     }
 
     /// Stops the coordinator gracefully and waits for it.
@@ -119,6 +144,7 @@ pub fn cvm_spec(name: &str, cvm: &str, password: &str) -> pb::TaskSpec {
         destination_instance_id: "cmgo-6wk2mxa1".into(),
         databases: vec!["shop".into()],
         require_verification: false,
+        tenant: String::new(),
     }
 }
 
@@ -194,6 +220,63 @@ pub fn hello(agent_id: &str, cvm: &str, pool: bool) -> pb::AgentHello {
     }
 }
 
+/// A join token for `cvm` (or the pool), created by the admin.
+pub async fn join_token(channel: Channel, cvm: &str, pool: bool) -> String {
+    operator_client(channel, Some(OPERATOR_TOKEN))
+        .create_join_token(pb::CreateJoinTokenRequest {
+            cvm_id: cvm.into(),
+            region: if pool {
+                String::new()
+            } else {
+                "ap-guangzhou".into()
+            },
+            pool,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// A CSR for a fresh key: (key PEM, CSR PEM).
+pub fn key_and_csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key.serialize_pem(), csr)
+}
+
+/// Enrolls with a fresh join token, as the agent on `cvm` (or a pool agent) would.
+pub async fn enroll_on(channel: Channel, cvm: &str, pool: bool) -> Cred {
+    let token = join_token(channel.clone(), cvm, pool).await;
+    let (key_pem, csr_pem) = key_and_csr();
+    let response = AgentServiceClient::new(channel)
+        .enroll(pb::EnrollRequest {
+            join_token: token,
+            csr_pem,
+            cvm_instance_id: cvm.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    Cred {
+        agent_id: response.agent_id,
+        secret: response.agent_secret,
+        certificate_pem: response.certificate_pem,
+        key_pem,
+    }
+}
+
+/// The session credential of a plaintext coordinator.
+pub fn bearer(cred: &Cred) -> String {
+    format!("{}.{}", cred.agent_id, cred.secret)
+}
+
 /// Opens a session; the stream result (and first message) is returned raw for negative tests.
 pub async fn open_session(
     channel: Channel,
@@ -218,38 +301,31 @@ pub async fn open_session(
 }
 
 impl FakeAgent {
-    pub async fn connect(coord: &Coord, agent_id: &str, cvm: &str, pool: bool) -> Self {
-        Self::connect_to(coord.channel().await, agent_id, cvm, pool).await
+    /// Enrolls (once per `name`) and connects, heartbeating in the background.
+    pub async fn connect(coord: &Coord, name: &str, cvm: &str, pool: bool) -> Self {
+        let cred = coord.enroll(name, cvm, pool).await;
+        Self::connect_with(coord.channel().await, &cred, cvm, true).await
     }
 
-    /// Connects and heartbeats in the background (every 200 ms) until the FakeAgent is dropped.
-    pub async fn connect_to(channel: Channel, agent_id: &str, cvm: &str, pool: bool) -> Self {
-        let agent = Self::connect_silent(channel, agent_id, cvm, pool).await;
-        let weak = agent.tx.downgrade();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                let Some(tx) = weak.upgrade() else { return };
-                let beat = pb::AgentMessage {
-                    body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat::default())),
-                    ..Default::default()
-                };
-                if tx.send(beat).await.is_err() {
-                    return;
-                }
-            }
-        });
-        agent
+    /// Enrolls (once per `name`) and connects without heartbeating.
+    pub async fn connect_silent(coord: &Coord, name: &str, cvm: &str, pool: bool) -> Self {
+        let cred = coord.enroll(name, cvm, pool).await;
+        Self::connect_with(coord.channel().await, &cred, cvm, false).await
     }
 
-    /// Connects without heartbeating.
-    pub async fn connect_silent(channel: Channel, agent_id: &str, cvm: &str, pool: bool) -> Self {
+    /// Connects with `cred` on `channel` (a bearer secret on plaintext channels; TLS channels carry the client
+    /// certificate themselves), heartbeating every 200 ms when `heartbeat`, until the FakeAgent is dropped.
+    pub async fn connect_with(channel: Channel, cred: &Cred, cvm: &str, heartbeat: bool) -> Self {
         let first = pb::AgentMessage {
-            body: Some(pb::agent_message::Body::Hello(hello(agent_id, cvm, pool))),
+            body: Some(pb::agent_message::Body::Hello(hello(
+                &cred.agent_id,
+                cvm,
+                false,
+            ))),
             ..Default::default()
         };
-        let (tx, mut rx) = open_session(channel, Some(AGENT_TOKEN), first)
+        let token = (!cred.secret.is_empty()).then(|| bearer(cred));
+        let (tx, mut rx) = open_session(channel, token.as_deref(), first)
             .await
             .unwrap();
         let welcome = next_msg(&mut rx).await;
@@ -260,11 +336,29 @@ impl FakeAgent {
             ),
             "{welcome:?}"
         );
-        Self {
-            agent_id: agent_id.into(),
+        let agent = Self {
+            agent_id: cred.agent_id.clone(),
             tx,
             rx,
+        };
+        if heartbeat {
+            let weak = agent.tx.downgrade();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tick.tick().await;
+                    let Some(tx) = weak.upgrade() else { return };
+                    let beat = pb::AgentMessage {
+                        body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat::default())),
+                        ..Default::default()
+                    };
+                    if tx.send(beat).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
+        agent
     }
 
     /// The next non-heartbeat message.
