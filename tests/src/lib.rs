@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ferry_proto::v1 as pb;
+pub use ferry_testkit::process::CoordinatorOptions;
 use ferry_testkit::process::{
     AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient,
 };
@@ -65,6 +66,22 @@ impl World {
         agent_args: &[&str],
         configure: impl FnOnce(mongosim::Builder) -> mongosim::Builder,
     ) -> anyhow::Result<Self> {
+        Self::start_full(
+            oplog_mb,
+            agent_args,
+            CoordinatorOptions::default(),
+            configure,
+        )
+        .await
+    }
+
+    /// Like [`World::start_configured`], with the coordinator started with `options` (e.g. TLS).
+    pub async fn start_full(
+        oplog_mb: usize,
+        agent_args: &[&str],
+        options: CoordinatorOptions,
+        configure: impl FnOnce(mongosim::Builder) -> mongosim::Builder,
+    ) -> anyhow::Result<Self> {
         let bins = Binaries::locate()?;
         let dir = tempfile::tempdir()?;
         let source = configure(
@@ -90,7 +107,7 @@ impl World {
             local_ipv4: source.addr().ip().to_string(),
         })
         .await?;
-        let coordinator = CoordinatorProcess::start(&bins, dir.path()).await?;
+        let coordinator = CoordinatorProcess::start_with(&bins, dir.path(), options).await?;
         let agent = AgentProcess::start_with(
             &bins,
             &dir.path().join("agent"),
@@ -181,6 +198,28 @@ impl World {
             );
         }
         Ok(task.id)
+    }
+
+    /// Waits until ListAgents shows no connected agent.
+    pub async fn wait_agent_disconnected(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let agents = self
+                .api
+                .clone()
+                .list_agents(pb::ListAgentsRequest::default())
+                .await?
+                .into_inner()
+                .agents;
+            if agents.iter().all(|a| !a.connected) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "an agent is still connected after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn wait_agent_connected(&self, timeout: Duration) -> anyhow::Result<()> {

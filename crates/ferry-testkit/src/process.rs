@@ -148,31 +148,67 @@ fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How to start a [`CoordinatorProcess`].
+#[derive(Clone, Debug, Default)]
+pub struct CoordinatorOptions {
+    /// Serve TLS with a fresh CA and server certificate for 127.0.0.1 (clients and agents trust the CA).
+    pub tls: bool,
+    /// Extra command-line arguments, e.g. `--principals-file F`.
+    pub extra_args: Vec<String>,
+}
+
 /// The coordinator binary as a child process, restartable on the same data dir (and the same port).
 pub struct CoordinatorProcess {
     bins: Binaries,
     work: PathBuf,
     pub addr: SocketAddr,
     pub operator_token: String,
+    options: CoordinatorOptions,
     child: Option<Child>,
     restarts: u32,
 }
 
 impl CoordinatorProcess {
-    /// Starts a coordinator with its data dir, token files and logs under `work`.
+    /// Starts a plaintext (loopback) coordinator with its data dir, token files and logs under `work`.
     pub async fn start(bins: &Binaries, work: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bins, work, CoordinatorOptions::default()).await
+    }
+
+    /// Starts a coordinator with `options`.
+    pub async fn start_with(
+        bins: &Binaries,
+        work: &Path,
+        options: CoordinatorOptions,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work)?;
         let mut this = Self {
             bins: bins.clone(),
             work: work.to_path_buf(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             operator_token: format!("op-{:016x}", rand::random::<u64>()),
+            options,
             child: None,
             restarts: 0,
         };
         write_secret(&this.operator_token_file(), &this.operator_token)?;
+        if this.options.tls {
+            let tls = crate::SandboxTls::generate()?;
+            std::fs::write(this.work.join("server.pem"), &tls.cert_pem)?;
+            write_secret(&this.work.join("server.key"), &tls.key_pem)?;
+            std::fs::write(this.ca_file(), &tls.ca_pem)?;
+        }
         this.spawn().await?;
         Ok(this)
+    }
+
+    /// Whether it serves TLS.
+    pub fn tls(&self) -> bool {
+        self.options.tls
+    }
+
+    /// The CA (PEM file) that signed the TLS server certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.work.join("ca.pem")
     }
 
     pub fn operator_token_file(&self) -> PathBuf {
@@ -195,15 +231,26 @@ impl CoordinatorProcess {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log =
             std::fs::File::create(self.work.join(format!("coordinator-{}.log", self.restarts)))?;
-        let mut child = Command::new(self.bins.path("ferry-coordinator"))
+        let mut command = Command::new(self.bins.path("ferry-coordinator"));
+        command
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(self.data_dir())
-            .arg("--plaintext")
             .arg("--operator-token-file")
             .arg(self.operator_token_file())
             .arg("--allow-private-sources")
+            .args(&self.options.extra_args);
+        if self.options.tls {
+            command
+                .arg("--tls-cert")
+                .arg(self.work.join("server.pem"))
+                .arg("--tls-key")
+                .arg(self.work.join("server.key"));
+        } else {
+            command.arg("--plaintext");
+        }
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -241,11 +288,35 @@ impl CoordinatorProcess {
 
     /// An operator client with the bearer token attached to every call.
     pub async fn client(&self) -> anyhow::Result<OperatorClient> {
-        operator_client(self.addr, &self.operator_token).await
+        self.client_with_token(&self.operator_token).await
+    }
+
+    /// An operator client presenting `token`.
+    pub async fn client_with_token(&self, token: &str) -> anyhow::Result<OperatorClient> {
+        let mut endpoint = Channel::from_shared(self.url())?;
+        if self.options.tls {
+            let ca = std::fs::read(self.ca_file())?;
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )?;
+        }
+        let channel = endpoint.connect().await?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("token is not valid header text")?;
+        Ok(MigrationServiceClient::with_interceptor(
+            channel,
+            BearerToken(value),
+        ))
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.options.tls {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 }
 
@@ -254,6 +325,8 @@ pub struct AgentProcess {
     bins: Binaries,
     work: PathBuf,
     coordinator_url: String,
+    /// The coordinator's CA when it serves TLS.
+    tls_ca: Option<PathBuf>,
     join_token_file: PathBuf,
     metadata_url: String,
     pool: bool,
@@ -305,6 +378,7 @@ impl AgentProcess {
             bins: bins.clone(),
             work: work.to_path_buf(),
             coordinator_url: coordinator.url(),
+            tls_ca: coordinator.tls().then(|| coordinator.ca_file()),
             join_token_file,
             metadata_url: metadata_url.to_string(),
             pool,
@@ -318,6 +392,27 @@ impl AgentProcess {
 
     pub fn data_dir(&self) -> PathBuf {
         self.work.join("agent-data")
+    }
+
+    /// The agent id from its enrollment (None before it enrolled).
+    pub fn agent_id(&self) -> Option<String> {
+        ferry_agent::enrollment::Enrollment::load(&self.data_dir())
+            .ok()
+            .flatten()
+            .map(|e| e.agent_id)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; returns its status.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("the agent is not running")?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .with_context(|| format!("the agent did not exit within {timeout:?}"))??;
+        self.child = None;
+        Ok(status)
     }
 
     pub fn logs(&self) -> String {
@@ -340,11 +435,14 @@ impl AgentProcess {
             .arg(&self.metadata_url)
             .arg("--join-token-file")
             .arg(&self.join_token_file)
-            .arg("--plaintext")
             .env("RUST_LOG", "info")
             .stdout(out)
             .stderr(log)
             .kill_on_drop(true);
+        match &self.tls_ca {
+            Some(ca) => command.arg("--tls-ca").arg(ca),
+            None => command.arg("--plaintext"),
+        };
         if self.pool {
             command.arg("--pool");
         }
