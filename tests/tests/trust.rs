@@ -208,7 +208,7 @@ async fn join_tokens_that_are_reused_expired_or_for_another_cvm_are_refused_and_
         })
         .await?
         .into_inner();
-    let expiry = short.expire_time.clone().unwrap_or_default();
+    let expiry = short.expire_time.unwrap_or_default();
     while SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)?
         .as_secs()

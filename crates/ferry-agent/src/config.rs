@@ -105,10 +105,16 @@ impl AgentConfig {
     /// Checks what can be checked without IO.
     pub fn validate(&self) -> Result<(), AgentError> {
         let url = self.coordinator.as_str();
-        if url.starts_with("http://") {
+        if let Some(rest) = url.strip_prefix("http://") {
             if !self.plaintext {
                 return Err(AgentError::Config(format!(
                     "coordinator URL {url} is plaintext http: use https, or pass --plaintext (loopback and tests only)"
+                )));
+            }
+            if !ferry_core::net::is_loopback_authority(rest) {
+                return Err(AgentError::Config(format!(
+                    "--plaintext would send the agent's credential and customers' passwords in clear to {url}: \
+                     plaintext is only allowed to a loopback coordinator (127.0.0.0/8, ::1, localhost); use https"
                 )));
             }
         } else if url.starts_with("https://") {
@@ -381,6 +387,27 @@ impl Args {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn plaintext_is_only_allowed_to_a_loopback_coordinator() {
+        for (url, ok) in [
+            ("http://127.0.0.1:7070", true),
+            ("http://127.0.0.2:7070/", true),
+            ("http://[::1]:7070", true),
+            ("http://localhost:7070", true),
+            ("http://10.0.0.5:7070", false),
+            ("http://coordinator.example:7070", false),
+            ("http://127.0.0.1.nip.io:7070", false),
+        ] {
+            let mut config = AgentConfig::new(url, "/tmp/x");
+            config.plaintext = true;
+            let result = config.validate();
+            assert_eq!(result.is_ok(), ok, "{url}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("only allowed to a loopback"), "{e}");
+            }
+        }
+    }
 
     #[test]
     fn secret_debug_is_redacted() {

@@ -155,7 +155,23 @@ mod tests {
         let text = include_str!("../../../deploy/coordinator.example.toml");
         let file: FileConfig = toml::from_str(text).unwrap();
         assert_eq!(file.heartbeat_interval, Some(Duration::from_secs(2)));
-        assert!(file.tls_cert.is_some() && file.operator_token_file.is_some());
+        assert!(file.tls_cert.is_some() && file.principals_file.is_some());
+        assert!(file.agent_token_file.is_none());
+        assert_eq!(
+            file.agent_cert_ttl,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_principals_parse() {
+        let text = include_str!("../../../deploy/principals.example.toml");
+        let principals = crate::Principals::parse(text).unwrap();
+        assert!(principals.uses_certificates());
+        assert_eq!(
+            principals.by_token("foo").map(|p| p.name),
+            Some("platform-admin".into())
+        );
     }
 
     #[test]

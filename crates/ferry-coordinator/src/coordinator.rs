@@ -597,9 +597,8 @@ impl Coordinator {
 
     /// Removes what is stale: join tokens a day past their expiry, and agents revoked over a week ago or not seen
     /// for 30 days that hold no unfinished task. Returns how many of each were removed.
-    pub(crate) async fn clean_up(&self) -> Result<(usize, usize), ServiceError> {
+    pub(crate) async fn clean_up(&self, now: i64) -> Result<(usize, usize), ServiceError> {
         const DAY_MS: i64 = 24 * 3600 * 1000;
-        let now = now_ms();
         let connected: Vec<ferry_core::AgentId> = self
             .registry
             .connected()
@@ -741,4 +740,112 @@ fn paginate<T>(
         items,
         next_page_token,
     })
+}
+
+#[cfg(test)]
+mod janitor_tests {
+    use ferry_core::{AgentId, JoinTokenRecord, Secret, TaskSpecInput};
+
+    use super::*;
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn agent(now: i64, seen_days_ago: i64, revoked_days_ago: Option<i64>) -> AgentRecord {
+        AgentRecord {
+            agent_id: AgentId::generate(),
+            cvm_instance_id: String::new(),
+            region: String::new(),
+            private_ips: vec![],
+            version: String::new(),
+            hostname: String::new(),
+            pool: true,
+            capabilities: vec![],
+            last_seen_ms: now - seen_days_ago * DAY,
+            tenant: String::new(),
+            enrolled_ms: now - 90 * DAY,
+            revoked_ms: revoked_days_ago.map(|d| now - d * DAY),
+            credentials: vec![format!("digest-{}", rand::random::<u64>())],
+        }
+    }
+
+    fn token(now: i64, expired_days_ago: i64) -> JoinTokenRecord {
+        JoinTokenRecord {
+            token_id: format!("jt-{}", rand::random::<u32>()),
+            hash: format!("{:064x}", rand::random::<u128>()),
+            cvm_id: String::new(),
+            region: String::new(),
+            pool: true,
+            tenant: String::new(),
+            description: String::new(),
+            created_by: "admin".into(),
+            created_ms: now - 30 * DAY,
+            expires_ms: now - expired_days_ago * DAY,
+            used_ms: None,
+            used_by: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_janitor_removes_stale_tokens_and_agents_but_never_a_busy_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let trust = Trust {
+            ca: crate::ca::AgentCa::load_or_create(dir.path(), Duration::from_secs(3600)).unwrap(),
+            principals: crate::principal::Principals::single_admin(&Secret::new("t")),
+            auditor: crate::audit::Auditor::new(store.clone(), None).unwrap(),
+        };
+        let core = Coordinator::new(
+            store.clone(),
+            Settings::default(),
+            trust,
+            CancellationToken::new(),
+        );
+        let now = now_ms();
+        let old_token = token(now, 2);
+        let fresh_token = token(now, -1);
+        for t in [&old_token, &fresh_token] {
+            store.put_join_token(t).unwrap();
+        }
+        let revoked = agent(now, 8, Some(8));
+        let unseen = agent(now, 31, None);
+        let recent = agent(now, 1, Some(1));
+        let busy = agent(now, 40, Some(10));
+        for a in [&revoked, &unseen, &recent, &busy] {
+            store.put_agent_durable(a).unwrap();
+            store
+                .put_credential(&a.credentials[0], &a.agent_id)
+                .unwrap();
+        }
+        let spec = TaskSpec::try_from(TaskSpecInput {
+            name: "t".into(),
+            region: "ap-guangzhou".into(),
+            kind: Some(TaskKind::PublicNetwork),
+            mongo_host: "mongo.example.com".into(),
+            port: 27017,
+            destination_instance_id: "cmgo-6wk2mxa1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut task = Task::new(TaskId::generate(), spec, now);
+        task.state = TaskState::Running;
+        task.agent_id = Some(busy.agent_id.clone());
+        store.put_task(&task).unwrap();
+
+        assert_eq!(core.clean_up(now).await.unwrap(), (1, 2));
+        assert!(store.get_join_token(&old_token.hash).unwrap().is_none());
+        assert!(store.get_join_token(&fresh_token.hash).unwrap().is_some());
+        let left: Vec<AgentId> = store
+            .list_agents()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.agent_id)
+            .collect();
+        assert!(left.contains(&recent.agent_id) && left.contains(&busy.agent_id));
+        assert!(!left.contains(&revoked.agent_id) && !left.contains(&unseen.agent_id));
+        assert!(store
+            .agent_by_credential(&revoked.credentials[0])
+            .unwrap()
+            .is_none());
+        assert_eq!(core.clean_up(now).await.unwrap(), (0, 0));
+    }
 }

@@ -146,7 +146,7 @@ pub async fn run(
     let janitor_core = Arc::clone(&core);
     core.tracker.spawn(async move {
         loop {
-            match janitor_core.clean_up().await {
+            match janitor_core.clean_up(crate::convert::now_ms()).await {
                 Ok((0, 0)) => {}
                 Ok((tokens, agents)) => {
                     tracing::info!(tokens, agents, "removed stale join tokens and agents")

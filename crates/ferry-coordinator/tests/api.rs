@@ -601,3 +601,70 @@ async fn update_keeps_the_stored_password_only_while_the_data_stays_where_it_was
     assert_eq!(t.spec.unwrap().port, 27018);
     coord.shutdown().await;
 }
+
+#[tokio::test]
+async fn watch_streams_are_capped_and_a_closed_one_frees_its_slot() {
+    let coord = Coord::start_with(|c| c.max_watchers = 2).await;
+    let mut op = coord.operator().await;
+    register_default_instance(&mut op).await;
+    let t = create(&mut op, cvm_spec("w", "ins-abc12345", "pw")).await;
+    let watch = |mut op: Operator, id: String| async move {
+        op.watch_task(pb::WatchTaskRequest { task_id: id }).await
+    };
+    let first = watch(op.clone(), t.id.clone()).await.unwrap();
+    let _second = watch(op.clone(), t.id.clone()).await.unwrap();
+    let err = watch(op.clone(), t.id.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("at most 2"), "{}", err.message());
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match watch(op.clone(), t.id.clone()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn public_network_sources_on_private_addresses_are_refused_unless_allowed() {
+    let coord = Coord::start_with(|c| c.allow_private_sources = false).await;
+    let mut op = coord.operator().await;
+    register_default_instance(&mut op).await;
+    for host in [
+        "localhost",
+        "127.0.0.1",
+        "10.0.0.5",
+        "169.254.0.23",
+        "192.168.1.9",
+    ] {
+        let mut spec = public_spec(&format!("p {host}"));
+        spec.mongo_host = host.into();
+        let err = op
+            .create_task(pb::CreateTaskRequest { spec: Some(spec) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{host}");
+        assert!(
+            err.message().starts_with("spec.mongo_host"),
+            "{host}: {}",
+            err.message()
+        );
+    }
+    let mut spec = public_spec("p public");
+    spec.mongo_host = "mongo.example.com".into();
+    op.create_task(pb::CreateTaskRequest { spec: Some(spec) })
+        .await
+        .unwrap();
+    // CVM tasks name the CVM's private address: allowed.
+    create(&mut op, cvm_spec("cvm private", "ins-abc12345", "pw")).await;
+    coord.shutdown().await;
+}

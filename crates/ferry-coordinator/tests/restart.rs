@@ -246,4 +246,41 @@ async fn sigkill_and_restart_keeps_everything_and_secrets_stay_out_of_logs_and_d
         let leaked = files_containing(&data, secret.as_bytes());
         assert!(leaked.is_empty(), "{secret} in clear in {leaked:?}");
     }
+
+    // Key rotation while stopped: every secret is re-sealed under a new key and still opens after a restart.
+    let key_before = std::fs::read(data.join("secret.key")).unwrap();
+    let rotated = Command::new(env!("CARGO_BIN_EXE_ferry-coordinator"))
+        .arg("rotate-key")
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(rotated.status.success(), "{rotated:?}");
+    let said = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        said.contains("re-sealed 3 task and 1 instance secrets"),
+        "{said}"
+    );
+    assert_ne!(std::fs::read(data.join("secret.key")).unwrap(), key_before);
+    let mut proc = spawn(&data, &tokens, &log).await;
+    let ch = channel(&proc.addr).await;
+    let mut op = operator_client(ch.clone(), Some(OPERATOR_TOKEN));
+    let tasks = op
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(tasks.len() == 3 && tasks.iter().all(|t| t.password_set));
+    let mut agent = FakeAgent::connect_with(ch.clone(), &cred, CVM, false).await;
+    let resent = agent.recv().await;
+    let password = match &resent.body {
+        Some(C::StartMigration(s)) => s.spec.as_ref().unwrap().password.clone(),
+        Some(C::RunChecks(r)) => r.spec.as_ref().unwrap().password.clone(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(password, TASK_PW, "the secret opens under the new key");
+    drop(agent);
+    proc.child.kill().await.unwrap();
 }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod error;
 pub mod ids;
+pub mod net;
 pub mod secret;
 pub mod spec;
 pub mod state;

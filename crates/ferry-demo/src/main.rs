@@ -18,7 +18,8 @@ use clap::Parser;
 use ferry_proto::v1 as pb;
 use ferry_testkit::mongo::client;
 use ferry_testkit::process::{
-    AgentProcess, Binaries, CoordinatorProcess, Metadata, MetadataServer, OperatorClient,
+    AgentProcess, Binaries, CoordinatorOptions, CoordinatorProcess, Metadata, MetadataServer,
+    OperatorClient,
 };
 
 /// Runs the whole Ferry flow locally against mongosim.
@@ -93,7 +94,17 @@ async fn main() -> anyhow::Result<()> {
         local_ipv4: source.addr().ip().to_string(),
     })
     .await?;
-    let mut coordinator = CoordinatorProcess::start(&bins, work.path()).await?;
+    // TLS on loopback, with the agent enrolled through a single-use join token for its CVM: it then authenticates
+    // with the client certificate the coordinator's CA issued it (mutual TLS), as in production.
+    let mut coordinator = CoordinatorProcess::start_with(
+        &bins,
+        work.path(),
+        CoordinatorOptions {
+            tls: true,
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut agent = AgentProcess::start(
         &bins,
         &work.path().join("agent"),
@@ -103,7 +114,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     say(&format!(
-        "coordinator listening on {}; agent started (logs in {})",
+        "coordinator serving TLS on {}; agent enrolled for {CVM_ID} with a single-use join token and \
+         authenticating with its own client certificate (logs in {})",
         coordinator.addr,
         work.path().display()
     ));

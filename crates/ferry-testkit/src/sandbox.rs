@@ -105,6 +105,7 @@ pub struct SandboxBuilder {
     agents: Vec<AgentSetup>,
     heartbeat_interval: Duration,
     tls: Option<SandboxTls>,
+    agent_cert_ttl: Option<Duration>,
 }
 
 impl SandboxBuilder {
@@ -125,6 +126,12 @@ impl SandboxBuilder {
     /// Heartbeat interval the coordinator announces (default 200 ms, so disconnects are seen fast).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Lifetime of the client certificates the coordinator issues to agents (default 30 days).
+    pub fn agent_cert_ttl(mut self, ttl: Duration) -> Self {
+        self.agent_cert_ttl = Some(ttl);
         self
     }
 
@@ -150,6 +157,7 @@ impl SandboxBuilder {
         };
         let mut sandbox = Sandbox {
             addr,
+            agent_cert_ttl: self.agent_cert_ttl,
             heartbeat_interval: self.heartbeat_interval,
             tls: self.tls,
             ca_file,
@@ -241,6 +249,7 @@ impl SandboxAgent {
 /// A running in-process Ferry: see the crate docs.
 pub struct Sandbox {
     addr: SocketAddr,
+    agent_cert_ttl: Option<Duration>,
     heartbeat_interval: Duration,
     tls: Option<SandboxTls>,
     ca_file: Option<PathBuf>,
@@ -257,6 +266,7 @@ impl Sandbox {
             agents: Vec::new(),
             heartbeat_interval: Duration::from_millis(200),
             tls: None,
+            agent_cert_ttl: None,
         }
     }
 
@@ -365,6 +375,9 @@ impl Sandbox {
             ferry_coordinator::Config::plaintext(self.coordinator_data_dir(), OPERATOR_TOKEN);
         config.heartbeat_interval = self.heartbeat_interval;
         config.list_databases_timeout = Duration::from_secs(10);
+        if let Some(ttl) = self.agent_cert_ttl {
+            config.agent_cert_ttl = ttl;
+        }
         config.tls = self.tls.as_ref().map(|tls| ferry_coordinator::TlsPem {
             cert: tls.cert_pem.clone().into_bytes(),
             key: tls.key_pem.clone().into_bytes(),

@@ -99,6 +99,14 @@ pub async fn connect(
             "{url} is plaintext: use https://, or pass --plaintext (loopback and tests only)"
         )));
     }
+    if let Some(rest) = url.strip_prefix("http://") {
+        if plaintext && !ferry_core::net::is_loopback_authority(rest) {
+            return Err(CtlError::Usage(format!(
+                "--plaintext would send the operator token in clear to {url}: plaintext is only allowed to a \
+                 loopback coordinator (127.0.0.0/8, ::1, localhost); use https://"
+            )));
+        }
+    }
     if url.starts_with("https://") && plaintext {
         return Err(CtlError::Usage(format!(
             "{url} is https but --plaintext was given"
