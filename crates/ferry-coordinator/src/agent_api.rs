@@ -167,10 +167,18 @@ impl AgentService for AgentApi {
             );
             return Err(self.refuse(&peer, Some(&record), error).await);
         };
-        self.core.remember_agent(record.clone()).await?;
-        tracing::info!(%agent_id, cvm_instance_id = %record.cvm_instance_id, pool = record.pool, %peer, "agent connected");
-        self.core.reschedule(Some(&record)).await?;
-        self.core.notify_agent_tasks(&agent_id).await?;
+        let started = async {
+            self.core.remember_agent(record.clone()).await?;
+            tracing::info!(%agent_id, cvm_instance_id = %record.cvm_instance_id, pool = record.pool, %peer, "agent connected");
+            self.core.reschedule(Some(&record)).await?;
+            self.core.notify_agent_tasks(&agent_id).await
+        }
+        .await;
+        if let Err(error) = started {
+            // Never leave a registered session without its reader: the agent could not reconnect.
+            self.core.registry.unregister(&agent_id, session_id);
+            return Err(error.into());
+        }
 
         let core = Arc::clone(&self.core);
         self.core.tracker.spawn(async move {
