@@ -79,6 +79,8 @@ pub struct AgentConfig {
     /// How long the engine retries a source or destination that stopped answering (counted from the last
     /// progress) before it fails the task as resumable.
     pub retry_budget: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -99,6 +101,7 @@ impl AgentConfig {
             estimated_copy_rate: None,
             spool_cap: ferry_engine::Tuning::default().spool_cap_bytes,
             retry_budget: ferry_engine::Tuning::default().retry_budget,
+            metrics_listen: None,
         }
     }
 
@@ -198,6 +201,9 @@ pub struct Args {
     /// or "5m" (default 120s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retry_budget: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; prefer a loopback address).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// A tool to run instead of the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -298,6 +304,8 @@ pub struct FileConfig {
     /// How long an unreachable source or destination is retried before the task fails (resumable), e.g. "120s".
     #[serde(default, with = "humantime_serde")]
     pub retry_budget: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl FileConfig {
@@ -375,6 +383,7 @@ impl Args {
         if let Some(budget) = self.retry_budget.or(file.retry_budget) {
             config.retry_budget = budget;
         }
+        config.metrics_listen = self.metrics_listen.or(file.metrics_listen);
         config.validate()?;
         Ok((
             config,

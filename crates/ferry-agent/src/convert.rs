@@ -146,6 +146,7 @@ pub(crate) fn progress_to_pb(progress: &ferry_engine::ProgressSnapshot) -> pb::P
                 ranges_total: c.ranges_total,
                 ranges_done: c.ranges_done,
                 done: c.done,
+                eta_seconds: opt_secs(c.eta_seconds),
             })
             .collect(),
         documents_copied: progress.documents_copied,
@@ -166,7 +167,32 @@ pub(crate) fn progress_to_pb(progress: &ferry_engine::ProgressSnapshot) -> pb::P
         oplog_entries_applied: progress.oplog_entries_applied,
         spool_bytes: progress.spool_bytes,
         update_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        spool_cap_bytes: progress.spool_cap_bytes,
+        apply_entries_per_second: progress.apply_entries_per_second,
+        source_entries_per_second: progress.source_entries_per_second,
+        oplog_entries_read: progress.oplog_entries_read,
+        catch_up_eta_seconds: opt_secs(progress.catch_up_eta_seconds),
+        converging: progress.converging,
+        spool_full_eta_seconds: opt_secs(progress.spool_full_eta_seconds),
+        oplog_headroom_seconds: opt_secs(progress.oplog_headroom_seconds),
+        paused: progress.paused,
+        retries: progress.retries,
     }
+}
+
+/// The engine's limits from the proto (absent: unlimited).
+pub(crate) fn throttle_from_pb(t: Option<&pb::Throttle>) -> ferry_engine::Throttle {
+    let t = t.copied().unwrap_or_default();
+    ferry_engine::Throttle {
+        copy_documents_per_second: t.copy_documents_per_second,
+        copy_bytes_per_second: t.copy_bytes_per_second,
+        apply_entries_per_second: t.apply_entries_per_second,
+        apply_bytes_per_second: t.apply_bytes_per_second,
+    }
+}
+
+fn opt_secs(v: Option<u64>) -> i64 {
+    v.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX))
 }
 
 pub(crate) fn completed_to_pb(completion: &ferry_engine::Completion) -> pb::TaskCompleted {

@@ -14,6 +14,7 @@ mod convert;
 pub mod copy_rate;
 pub mod enrollment;
 pub mod identity;
+pub mod metrics;
 pub mod replay;
 mod runner;
 mod session;
@@ -148,6 +149,24 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let (reports_tx, mut reports_rx) = mpsc::channel(REPORTS_CAPACITY);
     let runner = runner::TaskRunner::new(config.clone(), reports_tx, cancel.child_token());
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::Config(format!("cannot bind the metrics address {addr}: {e}"))
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        println!("ferry-agent metrics on {local}");
+        info!(addr = %local, "serving metrics at /metrics");
+        let metrics = std::sync::Arc::clone(&runner.inner.metrics);
+        let tasks = runner.clone();
+        runner.inner.tracker.spawn(metrics::serve(
+            metrics,
+            listener,
+            cancel.clone(),
+            move || tasks.running().len(),
+        ));
+    }
 
     let sessions = async {
         let mut backoff = backoff::Backoff::new(config.reconnect_initial, config.reconnect_max);

@@ -63,6 +63,7 @@ pub(crate) struct TaskReporter {
     task_id: String,
     epoch: Arc<AtomicU64>,
     reports_tx: mpsc::Sender<AgentMessage>,
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl TaskReporter {
@@ -70,11 +71,13 @@ impl TaskReporter {
         task_id: String,
         epoch: Arc<AtomicU64>,
         reports_tx: mpsc::Sender<AgentMessage>,
+        metrics: Arc<crate::metrics::AgentMetrics>,
     ) -> Self {
         Self {
             task_id,
             epoch,
             reports_tx,
+            metrics,
         }
     }
 
@@ -92,6 +95,13 @@ impl TaskReporter {
 
     /// Sends a report that must not be lost (waits for room in the queue).
     pub(crate) async fn send(&self, body: agent_message::Body) {
+        match &body {
+            agent_message::Body::Failed(_) => self.metrics.error(&self.task_id, "failed"),
+            agent_message::Body::CommandError(_) => {
+                self.metrics.error(&self.task_id, "command_error")
+            }
+            _ => {}
+        }
         if self.reports_tx.send(self.envelope(body)).await.is_err() {
             warn!(task_id = %self.task_id, "reports channel closed, report dropped");
         }
@@ -121,6 +131,7 @@ pub(crate) struct RunnerInner {
     next_generation: AtomicU64,
     /// Verification runs, by task (next to, not instead of, the task's other local work).
     pub(crate) verifications: crate::verify::VerifyRuns,
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl TaskRunner {
@@ -139,6 +150,7 @@ impl TaskRunner {
                 cancel,
                 next_generation: AtomicU64::new(1),
                 verifications: crate::verify::VerifyRuns::default(),
+                metrics: Arc::new(crate::metrics::AgentMetrics::new()),
             }),
         }
     }
@@ -225,6 +237,8 @@ impl TaskRunner {
             Body::StartVerification(command) => {
                 crate::verify::start_verification(self, task_id, epoch, command)
             }
+            Body::SetThrottle(command) => crate::work::set_throttle(self, &task_id, epoch, command),
+            Body::SetPaused(command) => crate::work::set_paused(self, &task_id, epoch, command),
         }
     }
 
@@ -244,6 +258,7 @@ impl TaskRunner {
         }
         warn!(%task_id, local_epoch, current_epoch = rejected.current_epoch, reason = %rejected.reason,
             "report rejected by the coordinator; cancelling local work");
+        self.inner.metrics.error(task_id, "report_rejected");
         self.inner.verifications.cancel(task_id);
         // The entry stays until the work has ended (see `LocalTask::finished`).
         task.cancel.cancel();

@@ -175,6 +175,8 @@ async fn session(
         },
     };
     *established = true;
+    runner.inner.metrics.set_connected(true);
+    let _disconnected = Disconnected(&runner.inner.metrics);
     let interval =
         Duration::from_millis(u64::from(welcome.heartbeat_interval_ms)).max(MIN_HEARTBEAT);
     info!(%agent_id, coordinator = %config.coordinator, heartbeat_ms = interval.as_millis() as u64,
@@ -267,6 +269,15 @@ async fn session(
     }
 }
 
+/// Marks the session closed in the metrics when the session ends, however it ends.
+struct Disconnected<'a>(&'a crate::metrics::AgentMetrics);
+
+impl Drop for Disconnected<'_> {
+    fn drop(&mut self) {
+        self.0.set_connected(false);
+    }
+}
+
 /// The name of a coordinator message's body, for logs (never the body itself: commands carry passwords).
 pub(crate) fn body_kind(body: Option<&coordinator_message::Body>) -> &'static str {
     use coordinator_message::Body;
@@ -282,5 +293,7 @@ pub(crate) fn body_kind(body: Option<&coordinator_message::Body>) -> &'static st
         Some(Body::ReportRejected(_)) => "report_rejected",
         Some(Body::StartVerification(_)) => "start_verification",
         Some(Body::CertificateIssued(_)) => "certificate_issued",
+        Some(Body::SetThrottle(_)) => "set_throttle",
+        Some(Body::SetPaused(_)) => "set_paused",
     }
 }

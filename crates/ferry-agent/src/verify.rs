@@ -84,7 +84,8 @@ impl EngineTap {
                 let relaxed = ferry_engine::relaxed_indexes(&cp.engine_state);
                 *self.relaxed.lock().unwrap_or_else(|e| e.into_inner()) = relaxed;
             }
-            ferry_engine::EngineEvent::PhaseChanged(_) => {}
+            ferry_engine::EngineEvent::PhaseChanged(_) | ferry_engine::EngineEvent::Note { .. } => {
+            }
         }
     }
 }
@@ -186,7 +187,12 @@ pub(crate) fn start_verification(
             control: control.clone(),
         },
     );
-    let reporter = TaskReporter::new(task_id.clone(), epoch_cell, runner.inner.reports_tx.clone());
+    let reporter = TaskReporter::new(
+        task_id.clone(),
+        epoch_cell,
+        runner.inner.reports_tx.clone(),
+        Arc::clone(&runner.inner.metrics),
+    );
     let cancel = runner.inner.cancel.clone();
     let runner_handle = runner.clone();
     let run = command.run;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use ferry_proto::v1::{
     agent_message, CheckItemReport, CheckpointReport, ChecksFinished, CompleteMigration,
-    DatabasesReport, ListDatabases, PhaseChanged, ProgressReport, RunChecks, SourceDatabase,
-    StartMigration, StopMigration, TaskFailed, TaskStopped,
+    DatabasesReport, ListDatabases, PhaseChanged, ProgressReport, RunChecks, SetPaused,
+    SetThrottle, SourceDatabase, StartMigration, StopMigration, TaskFailed, TaskStopped,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -139,8 +139,14 @@ pub(crate) fn start_migration(
 ) {
     match migration_here(runner, &task_id, epoch) {
         Here::Active => {
-            // Already running here (a reconnect): obey the new epoch, keep the engine.
+            // Already running here (a reconnect): obey the new epoch, keep the engine, take the current limits.
             info!(%task_id, epoch, "migration already running here; adopted the new epoch");
+            if let Some(control) = running_control(runner, &task_id, epoch) {
+                control
+                    .engine
+                    .set_throttle(convert::throttle_from_pb(command.throttle.as_ref()));
+                control.engine.set_paused(command.paused);
+            }
             return;
         }
         Here::Ending(finished) => {
@@ -166,8 +172,11 @@ pub(crate) fn start_migration(
         }
     };
     let resume = convert::checkpoint_from_pb(command.checkpoint.as_ref());
+    let engine = ferry_engine::MigrationControl::new();
+    engine.set_throttle(convert::throttle_from_pb(command.throttle.as_ref()));
+    engine.set_paused(command.paused);
     let control = Control {
-        engine: ferry_engine::MigrationControl::new(),
+        engine,
         stop_requested: Arc::new(AtomicBool::new(false)),
         tap: crate::verify::EngineTap::new(),
         cut_over: Arc::default(),
@@ -225,6 +234,29 @@ fn running_control(runner: &TaskRunner, task_id: &str, epoch: u64) -> Option<Con
             task.epoch.fetch_max(epoch, Ordering::SeqCst);
         })
     })
+}
+
+/// SetThrottle: the running engine takes the new limits at once (a restarted one gets them with StartMigration).
+pub(crate) fn set_throttle(runner: &TaskRunner, task_id: &str, epoch: u64, command: SetThrottle) {
+    let throttle = convert::throttle_from_pb(command.throttle.as_ref());
+    match running_control(runner, task_id, epoch) {
+        Some(control) => {
+            info!(%task_id, ?throttle, "throttle changed");
+            control.engine.set_throttle(throttle);
+        }
+        None => info!(%task_id, "throttle changed for a migration not running here"),
+    }
+}
+
+/// SetPaused: the running engine pauses or resumes copy and apply (the oplog keeps spooling).
+pub(crate) fn set_paused(runner: &TaskRunner, task_id: &str, epoch: u64, command: SetPaused) {
+    match running_control(runner, task_id, epoch) {
+        Some(control) => {
+            info!(%task_id, paused = command.paused, "pause changed");
+            control.engine.set_paused(command.paused);
+        }
+        None => info!(%task_id, "pause changed for a migration not running here"),
+    }
 }
 
 pub(crate) fn complete_migration(
@@ -292,6 +324,7 @@ pub(crate) fn stop_migration(
         task_id.clone(),
         Arc::new(AtomicU64::new(epoch)),
         runner.inner.reports_tx.clone(),
+        Arc::clone(&runner.inner.metrics),
     );
     let span = tracing::info_span!("rollback", %task_id, epoch);
     runner.inner.tracker.spawn(
@@ -323,6 +356,7 @@ pub(crate) fn list_databases(
         task_id,
         Arc::new(AtomicU64::new(epoch)),
         runner.inner.reports_tx.clone(),
+        Arc::clone(&runner.inner.metrics),
     );
     let cancel = runner.inner.cancel.clone();
     runner.inner.tracker.spawn(async move {
@@ -397,6 +431,7 @@ fn register(
         task_id.to_owned(),
         epoch_cell,
         runner.inner.reports_tx.clone(),
+        Arc::clone(&runner.inner.metrics),
     );
     Some(Registered {
         reporter,
@@ -631,7 +666,7 @@ impl CopyRate {
                     Err(error) => warn!(%error, "could not record the measured copy rate"),
                 }
             }
-            ferry_engine::EngineEvent::Checkpoint(_) => {}
+            ferry_engine::EngineEvent::Checkpoint(_) | ferry_engine::EngineEvent::Note { .. } => {}
         }
     }
 }
@@ -651,9 +686,19 @@ async fn forward(
                 .await;
         }
         ferry_engine::EngineEvent::Progress(progress) => {
+            reporter.metrics.progress(reporter.task_id(), &progress);
             reporter.send_lossy(agent_message::Body::Progress(ProgressReport {
                 progress: Some(convert::progress_to_pb(&progress)),
             }));
+        }
+        ferry_engine::EngineEvent::Note { kind, detail } => {
+            info!(%kind, %detail, "note for the task's history");
+            reporter
+                .send(agent_message::Body::Note(ferry_proto::v1::TaskNote {
+                    kind,
+                    detail,
+                }))
+                .await;
         }
         ferry_engine::EngineEvent::Checkpoint(checkpoint) => {
             reporter
@@ -704,21 +749,8 @@ mod tests {
     fn progress(bytes_copied: u64) -> EngineEvent {
         EngineEvent::Progress(ProgressSnapshot {
             phase: Phase::DataSync,
-            collections: Vec::new(),
-            documents_copied: 0,
-            documents_estimated: 0,
             bytes_copied,
-            bytes_estimated: 0,
-            documents_per_second: 0.0,
-            bytes_per_second: 0.0,
-            eta_seconds: None,
-            indexes_built: 0,
-            indexes_total: 0,
-            last_applied: None,
-            source_newest: None,
-            lag_seconds: 0.0,
-            oplog_entries_applied: 0,
-            spool_bytes: 0,
+            ..Default::default()
         })
     }
 

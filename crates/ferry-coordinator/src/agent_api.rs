@@ -171,7 +171,9 @@ impl AgentService for AgentApi {
             self.core.remember_agent(record.clone()).await?;
             tracing::info!(%agent_id, cvm_instance_id = %record.cvm_instance_id, pool = record.pool, %peer, "agent connected");
             self.core.reschedule(Some(&record)).await?;
-            self.core.notify_agent_tasks(&agent_id).await
+            self.core
+                .notify_agent_tasks(&agent_id, "agent_reconnected")
+                .await
         }
         .await;
         if let Err(error) = started {
@@ -194,7 +196,7 @@ impl AgentService for AgentApi {
                         tracing::warn!(%error, "rescheduling after a disconnect failed");
                     }
                 }
-                if let Err(error) = core.notify_agent_tasks(&agent_id).await {
+                if let Err(error) = core.notify_agent_tasks(&agent_id, "agent_disconnected").await {
                     tracing::warn!(%error, "notifying watchers failed");
                 }
             }
@@ -257,7 +259,8 @@ pub(crate) fn validate_report(msg: &pb::AgentMessage) -> Result<(), String> {
         Body::CheckItem(_)
         | Body::Failed(_)
         | Body::CommandError(_)
-        | Body::RenewCertificate(_) => (32 * 1024, "a check item, failure or request"),
+        | Body::RenewCertificate(_)
+        | Body::Note(_) => (32 * 1024, "a check item, failure, note or request"),
         Body::Progress(_) | Body::Completed(_) | Body::Stopped(_) | Body::Databases(_) => {
             (1024 * 1024, "a progress or summary report")
         }

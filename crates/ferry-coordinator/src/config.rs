@@ -93,6 +93,8 @@ pub struct FileConfig {
     pub reflection: Option<bool>,
     /// JSON-lines copy of the audit log.
     pub audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics_listen: Option<SocketAddr>,
     /// Lifetime of agent certificates, e.g. "30d".
     #[serde(default, with = "humantime_serde")]
     pub agent_cert_ttl: Option<Duration>,

@@ -274,6 +274,29 @@ pub fn task_to_pb(task: &Task, agent_connected: bool) -> pb::Task {
             .verification
             .as_ref()
             .map(crate::verification::verification_to_pb),
+        throttle: (!task.throttle.is_unlimited()).then(|| throttle_to_pb(&task.throttle)),
+        paused: task.paused,
+    }
+}
+
+/// The proto throttle.
+pub fn throttle_to_pb(t: &ferry_core::Throttle) -> pb::Throttle {
+    pb::Throttle {
+        copy_documents_per_second: t.copy_documents_per_second,
+        copy_bytes_per_second: t.copy_bytes_per_second,
+        apply_entries_per_second: t.apply_entries_per_second,
+        apply_bytes_per_second: t.apply_bytes_per_second,
+    }
+}
+
+/// A throttle from operator input (all values are limits; 0 = unlimited).
+pub fn throttle_from_pb(t: Option<pb::Throttle>) -> ferry_core::Throttle {
+    let t = t.unwrap_or_default();
+    ferry_core::Throttle {
+        copy_documents_per_second: t.copy_documents_per_second,
+        copy_bytes_per_second: t.copy_bytes_per_second,
+        apply_entries_per_second: t.apply_entries_per_second,
+        apply_bytes_per_second: t.apply_bytes_per_second,
     }
 }
 

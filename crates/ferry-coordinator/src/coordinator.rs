@@ -94,6 +94,7 @@ pub struct Coordinator {
     pub(crate) watchers: std::sync::Arc<tokio::sync::Semaphore>,
     /// Serialises read-modify-write of agent records (revocation must never be overwritten by a heartbeat).
     pub(crate) agent_write: std::sync::Arc<Mutex<()>>,
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// A page of results and the token of the next one (empty when done).
@@ -107,6 +108,7 @@ impl Coordinator {
         let (changes, _) = broadcast::channel(1024);
         Self {
             watchers: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.max_watchers)),
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
             agent_write: std::sync::Arc::new(Mutex::new(())),
             ca: trust.ca,
             principals: trust.principals,
@@ -166,9 +168,21 @@ impl Coordinator {
             .ok_or_else(|| ServiceError::NotFound(format!("task {id} not found")))
     }
 
+    /// Writes a task durably, with the history events of what changed since its stored version.
     pub(crate) async fn save_task(&self, task: &Task) -> Result<(), ServiceError> {
         let copy = task.clone();
-        self.db(move |s| s.put_task(&copy)).await?;
+        let events = self
+            .db(move |s| {
+                let old = s.get_task(&copy.id)?;
+                let events = crate::history::diff(old.as_ref(), &copy);
+                let stored = s.append_task_events(&copy.id, events)?;
+                s.put_task(&copy)?;
+                Ok(stored)
+            })
+            .await?;
+        for e in &events {
+            self.metrics.task_event(&e.kind);
+        }
         self.notify(&task.id);
         Ok(())
     }
@@ -504,6 +518,50 @@ impl Coordinator {
             self.send_for_state(&task, &destination);
         }
         tracing::info!(task_id = %task.id, state = %task.state, "task stop requested");
+        Ok(task)
+    }
+
+    /// PauseTask / ResumeTask.
+    pub async fn set_paused(&self, raw_id: &str, paused: bool) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        let action = if paused {
+            Action::Pause
+        } else {
+            Action::Resume
+        };
+        task.apply(action, now_ms())?;
+        self.save_task(&task).await?;
+        self.send_command(
+            &task,
+            pb::coordinator_message::Body::SetPaused(pb::SetPaused { paused }),
+        );
+        tracing::info!(task_id = %task.id, paused, "task pause changed");
+        Ok(task)
+    }
+
+    /// SetTaskThrottle.
+    pub async fn set_throttle(
+        &self,
+        raw_id: &str,
+        throttle: ferry_core::Throttle,
+    ) -> Result<Task, ServiceError> {
+        let id = Self::parse_task_id(raw_id)?;
+        let _guard = self.write_lock.lock().await;
+        let mut task = self.load_task(&id).await?;
+        task.apply(Action::Throttle, now_ms())?;
+        task.throttle = throttle;
+        self.save_task(&task).await?;
+        if matches!(task.state, TaskState::Running | TaskState::Completing) {
+            self.send_command(
+                &task,
+                pb::coordinator_message::Body::SetThrottle(pb::SetThrottle {
+                    throttle: Some(convert::throttle_to_pb(&throttle)),
+                }),
+            );
+        }
+        tracing::info!(task_id = %task.id, %throttle, "task throttle changed");
         Ok(task)
     }
 

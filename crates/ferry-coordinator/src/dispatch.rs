@@ -68,6 +68,8 @@ impl Coordinator {
                         spec,
                         destination: destination.clone(),
                         checkpoint,
+                        throttle: Some(convert::throttle_to_pb(&task.throttle)),
+                        paused: task.paused,
                     }),
                 );
                 if task.state == TaskState::Completing {
@@ -137,13 +139,26 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Tells watchers of the agent's tasks that its connectivity changed.
-    pub(crate) async fn notify_agent_tasks(&self, agent_id: &AgentId) -> Result<(), ServiceError> {
+    /// Tells watchers of the agent's tasks that its connectivity changed, and records it in the history of its
+    /// unfinished tasks (`kind`: "agent_reconnected" or "agent_disconnected").
+    pub(crate) async fn notify_agent_tasks(
+        &self,
+        agent_id: &AgentId,
+        kind: &'static str,
+    ) -> Result<(), ServiceError> {
         let tasks = self.db(|s| s.list_tasks()).await?;
         for t in tasks
             .iter()
             .filter(|t| t.agent_id.as_ref() == Some(agent_id))
         {
+            if !t.state.is_terminal() {
+                let detail = match kind {
+                    "agent_disconnected" => format!("agent {agent_id} disconnected"),
+                    _ => format!("agent {agent_id} connected"),
+                };
+                self.record_task_event(&t.id, kind, crate::history::COORDINATOR.to_owned(), detail)
+                    .await?;
+            }
             self.notify(&t.id);
         }
         Ok(())

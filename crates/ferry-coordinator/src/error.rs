@@ -50,6 +50,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Core(CoreError::InvalidArgument { .. })
             | ServiceError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             ServiceError::Core(CoreError::IllegalTransition { .. })
+            | ServiceError::Core(CoreError::Precondition(_))
             | ServiceError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             ServiceError::NotFound(_) => tonic::Status::not_found(message),
             ServiceError::AlreadyExists(_) => tonic::Status::already_exists(message),

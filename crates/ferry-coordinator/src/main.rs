@@ -40,6 +40,9 @@ struct Args {
     /// Also append every audit event as one JSON line to this file (for log shippers).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; prefer a loopback address).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Lifetime of the client certificates issued to agents, e.g. "30d" (renewed at two thirds of it).
     #[arg(long, value_parser = humantime::parse_duration)]
     agent_cert_ttl: Option<Duration>,
@@ -171,12 +174,22 @@ async fn main() -> anyhow::Result<()> {
         config.heartbeat_interval = interval;
     }
 
+    let metrics = match args.metrics_listen.or(file.metrics_listen) {
+        Some(addr) => {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            println!("ferry-coordinator metrics on {}", metrics.local_addr()?);
+            Some(metrics)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     println!("ferry-coordinator listening on {addr}");
-    ferry_coordinator::run(config, listener, shutdown_signal()).await
+    ferry_coordinator::run_with_metrics(config, listener, metrics, shutdown_signal()).await
 }
 
 fn load_tls(

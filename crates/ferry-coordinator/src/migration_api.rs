@@ -130,6 +130,22 @@ impl MigrationApi {
                 (status.code(), status.message().to_owned(), Err(status))
             }
         };
+        if code != tonic::Code::Ok && code != tonic::Code::NotFound {
+            if let Some(id) = targets
+                .first()
+                .and_then(|t| ferry_core::TaskId::parse("task_id", t).ok())
+            {
+                let refused = format!(
+                    "{} refused: {}: {detail}",
+                    call.method,
+                    crate::audit::code_name(code)
+                );
+                let _ = self
+                    .core
+                    .record_task_event(&id, "operator", call.principal.name.clone(), refused)
+                    .await;
+            }
+        }
         let _ = self
             .core
             .auditor
@@ -143,6 +159,35 @@ impl MigrationApi {
             })
             .await;
         out
+    }
+
+    /// Records an operator action in the task's history, before the action runs.
+    async fn operator_event(
+        &self,
+        call: &Call,
+        task: &Task,
+        what: String,
+    ) -> Result<(), ServiceError> {
+        let detail = if what.is_empty() {
+            format!("{} requested", call.method)
+        } else {
+            format!("{} requested: {what}", call.method)
+        };
+        self.core
+            .record_task_event(&task.id, "operator", call.principal.name.clone(), detail)
+            .await
+    }
+
+    /// The visible task, with the operator's request recorded in its history.
+    async fn acted_on(
+        &self,
+        call: &Call,
+        raw_id: &str,
+        what: String,
+    ) -> Result<Task, ServiceError> {
+        let task = self.visible_task(call, raw_id).await?;
+        self.operator_event(call, &task, what).await?;
+        Ok(task)
     }
 
     /// The task, if the principal may see it (otherwise NOT_FOUND, as if it did not exist).
@@ -251,6 +296,9 @@ impl MigrationService for MigrationApi {
         .await;
         if let Ok(task) = &result {
             targets.push(task.id.to_string());
+            let _ = self
+                .operator_event(&call, task, format!("by {}", call.principal.name))
+                .await;
         }
         let task = self.finish(&call, targets, result).await?;
         Ok(Response::new(self.core.task_to_pb(&task)))
@@ -296,7 +344,7 @@ impl MigrationService for MigrationApi {
             .await?;
         let r = req.into_inner();
         let result = async {
-            let task = self.visible_task(&call, &r.task_id).await?;
+            let task = self.acted_on(&call, &r.task_id, String::new()).await?;
             let mut spec = r.spec.unwrap_or_default();
             if spec.tenant.is_empty() {
                 spec.tenant = task.spec.tenant.clone();
@@ -337,7 +385,7 @@ impl MigrationService for MigrationApi {
             .await?;
         let id = req.into_inner().task_id;
         let result = async {
-            self.visible_task(&call, &id).await?;
+            self.acted_on(&call, &id, String::new()).await?;
             self.core.check_task(&id).await
         }
         .await;
@@ -354,7 +402,7 @@ impl MigrationService for MigrationApi {
             .await?;
         let id = req.into_inner().task_id;
         let result = async {
-            self.visible_task(&call, &id).await?;
+            self.acted_on(&call, &id, String::new()).await?;
             self.core.start_task(&id).await
         }
         .await;
@@ -371,7 +419,12 @@ impl MigrationService for MigrationApi {
             .await?;
         let r = req.into_inner();
         let result = async {
-            self.visible_task(&call, &r.task_id).await?;
+            let what = if r.require_verification {
+                "with verification".to_owned()
+            } else {
+                String::new()
+            };
+            self.acted_on(&call, &r.task_id, what).await?;
             self.core
                 .complete_task(&r.task_id, r.require_verification)
                 .await
@@ -390,7 +443,7 @@ impl MigrationService for MigrationApi {
             .await?;
         let r = req.into_inner();
         let result = async {
-            self.visible_task(&call, &r.task_id).await?;
+            self.acted_on(&call, &r.task_id, String::new()).await?;
             self.core.verify_task(&r.task_id, r.mode).await
         }
         .await;
@@ -421,7 +474,7 @@ impl MigrationService for MigrationApi {
         let call = self.begin(&req, "StopTask", Permission::TasksWrite).await?;
         let id = req.into_inner().task_id;
         let result = async {
-            self.visible_task(&call, &id).await?;
+            self.acted_on(&call, &id, String::new()).await?;
             self.core.stop_task(&id).await
         }
         .await;
@@ -486,6 +539,75 @@ impl MigrationService for MigrationApi {
         self.visible_task(&call, &id).await?;
         let databases = self.core.list_source_databases(&id).await?;
         Ok(Response::new(pb::ListSourceDatabasesResponse { databases }))
+    }
+
+    async fn set_task_throttle(
+        &self,
+        req: Request<pb::SetTaskThrottleRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let call = self
+            .begin(&req, "SetTaskThrottle", Permission::TasksWrite)
+            .await?;
+        let r = req.into_inner();
+        let throttle = convert::throttle_from_pb(r.throttle);
+        let result = async {
+            self.acted_on(&call, &r.task_id, throttle.to_string())
+                .await?;
+            self.core.set_throttle(&r.task_id, throttle).await
+        }
+        .await;
+        let task = self.finish(&call, vec![r.task_id.clone()], result).await?;
+        Ok(Response::new(self.core.task_to_pb(&task)))
+    }
+
+    async fn pause_task(
+        &self,
+        req: Request<pb::PauseTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let call = self
+            .begin(&req, "PauseTask", Permission::TasksWrite)
+            .await?;
+        let id = req.into_inner().task_id;
+        let result = async {
+            self.acted_on(&call, &id, String::new()).await?;
+            self.core.set_paused(&id, true).await
+        }
+        .await;
+        let task = self.finish(&call, vec![id.clone()], result).await?;
+        Ok(Response::new(self.core.task_to_pb(&task)))
+    }
+
+    async fn resume_task(
+        &self,
+        req: Request<pb::ResumeTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let call = self
+            .begin(&req, "ResumeTask", Permission::TasksWrite)
+            .await?;
+        let id = req.into_inner().task_id;
+        let result = async {
+            self.acted_on(&call, &id, String::new()).await?;
+            self.core.set_paused(&id, false).await
+        }
+        .await;
+        let task = self.finish(&call, vec![id.clone()], result).await?;
+        Ok(Response::new(self.core.task_to_pb(&task)))
+    }
+
+    async fn list_task_events(
+        &self,
+        req: Request<pb::ListTaskEventsRequest>,
+    ) -> Result<Response<pb::ListTaskEventsResponse>, Status> {
+        let call = self
+            .begin(&req, "ListTaskEvents", Permission::TasksRead)
+            .await?;
+        let r = req.into_inner();
+        let task = self.visible_task(&call, &r.task_id).await?;
+        let page = self
+            .core
+            .list_task_events(&task, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(page))
     }
 
     async fn create_join_token(

@@ -77,6 +77,17 @@ impl Coordinator {
             self.reject(agent_id, &msg.task_id, task.epoch.0, &reason);
             return Ok(());
         }
+        if let Body::Note(note) = &body {
+            let kind = if note.kind == "retry" {
+                "retry"
+            } else {
+                "warning"
+            };
+            let detail: String = note.detail.chars().take(500).collect();
+            self.record_task_event(&task.id, kind, format!("agent:{agent_id}"), detail)
+                .await?;
+            return Ok(());
+        }
         if let Body::Verification(report) = body {
             if self.apply_verification_report(&mut task, report).await? {
                 self.save_task(&task).await?;
@@ -313,7 +324,8 @@ fn apply(task: &mut Task, body: Body) -> Persist {
         | Body::Heartbeat(_)
         | Body::Databases(_)
         | Body::Verification(_)
-        | Body::RenewCertificate(_) => Persist::Nothing,
+        | Body::RenewCertificate(_)
+        | Body::Note(_) => Persist::Nothing,
     }
     .log(task, state_before)
 }

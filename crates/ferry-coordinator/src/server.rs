@@ -34,6 +34,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// Like [`run`], also serving Prometheus metrics at `/metrics` on `metrics` when given.
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     if config.tls.is_none() && !addr.ip().is_loopback() {
         anyhow::bail!(
@@ -114,6 +124,9 @@ pub async fn run(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let mut builder = Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer(std::sync::Arc::clone(
+            &core.metrics,
+        )))
         .max_concurrent_streams(128)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
@@ -143,6 +156,14 @@ pub async fn run(
         .add_service(agent);
     tracing::info!(%addr, tls = config.tls.is_some(), reflection = config.reflection, "serving");
 
+    if let Some(metrics) = metrics {
+        tracing::info!(addr = %metrics.local_addr()?, "serving metrics at /metrics");
+        core.tracker.spawn(crate::metrics::serve(
+            Arc::clone(&core),
+            metrics,
+            cancel.clone(),
+        ));
+    }
     let janitor_core = Arc::clone(&core);
     core.tracker.spawn(async move {
         loop {

@@ -627,7 +627,9 @@ async fn a_resumable_failure_resumes_from_its_checkpoint_on_start_task() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
         err.message().contains("FAILED (resumable)")
-            && err.message().contains("StartTask, StopTask, DeleteTask"),
+            && err
+                .message()
+                .contains("StartTask, StopTask, SetTaskThrottle, DeleteTask"),
         "{}",
         err.message()
     );

@@ -17,6 +17,9 @@ pub enum CoreError {
         /// Why it was refused.
         reason: String,
     },
+    /// The action is not allowed now for a reason other than the state (e.g. the task is paused).
+    #[error("{0}")]
+    Precondition(String),
     /// The action is not allowed in the task's current state.
     #[error("{}", fmt_illegal(*.state, *.resumable, *.action, .allowed))]
     IllegalTransition {

@@ -23,6 +23,6 @@ pub use spec::{
 };
 pub use state::{Action, Event, TaskState};
 pub use task::{
-    CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, Verification, VerificationState,
-    VerifyMode, STOPPED_BY_OPERATOR,
+    CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, Throttle, Verification,
+    VerificationState, VerifyMode, STOPPED_BY_OPERATOR,
 };

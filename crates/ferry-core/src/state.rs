@@ -124,16 +124,25 @@ pub enum Action {
     Stop,
     /// Runs the product verifier; the state does not change.
     Verify,
+    /// Stops copy and apply of a RUNNING task (the oplog keeps spooling); the state does not change.
+    Pause,
+    /// Continues a paused task.
+    Resume,
+    /// Changes the copy and apply limits of a task that has not ended; the state does not change.
+    Throttle,
 }
 
 impl Action {
     /// Every action, in the order they are listed to operators.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 10] = [
         Action::Check,
         Action::Start,
         Action::Complete,
         Action::Stop,
         Action::Verify,
+        Action::Pause,
+        Action::Resume,
+        Action::Throttle,
         Action::Update,
         Action::Delete,
     ];
@@ -148,6 +157,9 @@ impl Action {
             Action::Complete => "CompleteTask",
             Action::Stop => "StopTask",
             Action::Verify => "VerifyTask",
+            Action::Pause => "PauseTask",
+            Action::Resume => "ResumeTask",
+            Action::Throttle => "SetTaskThrottle",
         }
     }
 
@@ -171,6 +183,10 @@ impl Action {
             (Action::Stop, S::Running | S::Completing) => Some(S::Stopping),
             // Online while the migration runs (the coordinator also requires OPLOG_SYNC), or after the cut-over.
             (Action::Verify, S::Running | S::Succeeded) => Some(from),
+            (Action::Pause | Action::Resume, S::Running) => Some(from),
+            (Action::Throttle, s) if !s.is_terminal() || (s == S::Failed && resumable) => {
+                Some(from)
+            }
             _ => None,
         }
     }
@@ -231,7 +247,33 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("NOT_STARTED"), "{msg}");
         assert!(msg.contains("StartTask is not allowed"), "{msg}");
-        assert!(msg.contains("CheckTask, UpdateTask, DeleteTask"), "{msg}");
+        assert!(
+            msg.contains("CheckTask, SetTaskThrottle, UpdateTask, DeleteTask"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pause_resume_only_while_running_and_throttle_until_the_task_ends() {
+        use TaskState as S;
+        for s in TaskState::ALL {
+            assert_eq!(
+                s.apply(Action::Pause, false).is_ok(),
+                s == S::Running,
+                "{s}"
+            );
+            assert_eq!(
+                s.apply(Action::Resume, false).is_ok(),
+                s == S::Running,
+                "{s}"
+            );
+            assert_eq!(
+                s.apply(Action::Throttle, false).is_ok(),
+                !s.is_terminal(),
+                "{s}"
+            );
+        }
+        assert_eq!(S::Failed.apply(Action::Throttle, true), Ok(S::Failed));
     }
 
     #[test]
@@ -240,7 +282,12 @@ mod tests {
         assert_eq!(S::Failed.allowed_actions(false), vec![Action::Delete]);
         assert_eq!(
             S::Failed.allowed_actions(true),
-            vec![Action::Start, Action::Stop, Action::Delete]
+            vec![
+                Action::Start,
+                Action::Stop,
+                Action::Throttle,
+                Action::Delete
+            ]
         );
         assert_eq!(S::Failed.apply(Action::Start, true), Ok(S::Running));
         assert_eq!(S::Failed.apply(Action::Stop, true), Ok(S::Stopping));
@@ -249,7 +296,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("task is FAILED (resumable)"), "{msg}");
-        assert!(msg.contains("StartTask, StopTask, DeleteTask"), "{msg}");
+        assert!(
+            msg.contains("StartTask, StopTask, SetTaskThrottle, DeleteTask"),
+            "{msg}"
+        );
         let msg = S::Failed
             .apply(Action::Start, false)
             .unwrap_err()

@@ -88,6 +88,51 @@ pub struct Task {
     /// The cut-over in progress must pass a verification before the task succeeds.
     #[serde(default)]
     pub verify_at_cut_over: bool,
+    /// Copy and apply limits (zeros: unlimited).
+    #[serde(default)]
+    pub throttle: Throttle,
+    /// Copy and apply are paused (PauseTask); CompleteTask needs ResumeTask first.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Limits of a migration; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub copy_documents_per_second: u64,
+    pub copy_bytes_per_second: u64,
+    pub apply_entries_per_second: u64,
+    pub apply_bytes_per_second: u64,
+}
+
+impl Throttle {
+    /// Whether nothing is limited.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::fmt::Display for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_unlimited() {
+            return f.write_str("unlimited");
+        }
+        let part = |n: u64, unit: &str| {
+            if n == 0 {
+                format!("unlimited {unit}")
+            } else {
+                format!("{n} {unit}")
+            }
+        };
+        write!(
+            f,
+            "copy {}, {}; apply {}, {}",
+            part(self.copy_documents_per_second, "docs/s"),
+            part(self.copy_bytes_per_second, "B/s"),
+            part(self.apply_entries_per_second, "entries/s"),
+            part(self.apply_bytes_per_second, "B/s")
+        )
+    }
 }
 
 /// State of a verification run.
@@ -167,12 +212,28 @@ impl Task {
             checkpoint: None,
             verification: None,
             verify_at_cut_over: false,
+            throttle: Throttle::default(),
+            paused: false,
         }
     }
 
     /// Whether `action` is allowed now (the state machine decides), without applying it.
     pub fn check(&self, action: Action) -> Result<(), CoreError> {
+        self.paused_check(action)?;
         self.state.apply(action, self.resumable).map(drop)
+    }
+
+    /// What pausing forbids: CompleteTask before ResumeTask, pausing twice, resuming what is not paused.
+    fn paused_check(&self, action: Action) -> Result<(), CoreError> {
+        let why = match (action, self.paused) {
+            (Action::Complete, true) => {
+                "the task is paused: ResumeTask first (StopTask works while paused)"
+            }
+            (Action::Pause, true) => "the task is already paused",
+            (Action::Resume, false) => "the task is not paused",
+            _ => return Ok(()),
+        };
+        Err(CoreError::Precondition(why.to_owned()))
     }
 
     /// Operator actions allowed now.
@@ -187,6 +248,7 @@ impl Task {
 
     /// Applies an operator action (the state machine decides), clearing what the new state makes stale.
     pub fn apply(&mut self, action: Action, now_ms: i64) -> Result<(), CoreError> {
+        self.paused_check(action)?;
         let next = self.state.apply(action, self.resumable)?;
         let from = self.state;
         match (action, from, next) {
@@ -211,14 +273,19 @@ impl Task {
                 self.checkpoint = None;
                 self.progress.clear();
             }
+            (Action::Pause, _, _) => self.paused = true,
+            (Action::Resume, _, _) => self.paused = false,
             (Action::Stop, _, TaskState::Failed) => {
                 self.failure_reason = STOPPED_BY_OPERATOR.to_owned();
                 self.resumable = false;
+                self.paused = false;
             }
             (Action::Stop, TaskState::Failed, _) => {
                 // Rolling back a resumable failure: it is no longer resumable whatever the rollback does.
                 self.resumable = false;
+                self.paused = false;
             }
+            (Action::Stop, _, _) => self.paused = false,
             _ => {}
         }
         self.state = next;
@@ -303,5 +370,59 @@ mod tests {
         let before = t.clone();
         assert!(!t.on_event(Event::Completed, "x", false, 5));
         assert_eq!(t, before);
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use super::*;
+    use crate::spec::TaskSpecInput;
+    use crate::{TaskId, TaskKind};
+
+    fn running() -> Task {
+        let spec = TaskSpec::try_from(TaskSpecInput {
+            name: "p".into(),
+            region: "ap-guangzhou".into(),
+            kind: Some(TaskKind::PublicNetwork),
+            mongo_host: "mongo.example.com".into(),
+            port: 27017,
+            destination_instance_id: "cmgo-6wk2mxa1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut t = Task::new(TaskId::generate(), spec, 0);
+        t.state = TaskState::Running;
+        t
+    }
+
+    #[test]
+    fn a_paused_task_must_be_resumed_before_completing_and_stopping_clears_the_pause() {
+        let mut t = running();
+        t.apply(Action::Pause, 1).unwrap();
+        assert!(t.paused);
+        let err = t.check(Action::Complete).unwrap_err();
+        assert!(matches!(err, CoreError::Precondition(_)));
+        assert!(err.to_string().contains("ResumeTask first"));
+        assert!(t.apply(Action::Pause, 2).is_err(), "already paused");
+        t.apply(Action::Resume, 3).unwrap();
+        assert!(!t.paused && t.check(Action::Complete).is_ok());
+        assert!(t.apply(Action::Resume, 4).is_err(), "not paused");
+        t.apply(Action::Pause, 5).unwrap();
+        t.apply(Action::Stop, 6).unwrap();
+        assert_eq!(t.state, TaskState::Stopping);
+        assert!(!t.paused, "a stopped task is no longer paused");
+    }
+
+    #[test]
+    fn throttles_read_as_words() {
+        assert_eq!(Throttle::default().to_string(), "unlimited");
+        let t = Throttle {
+            copy_documents_per_second: 1500,
+            ..Default::default()
+        };
+        assert_eq!(
+            t.to_string(),
+            "copy 1500 docs/s, unlimited B/s; apply unlimited entries/s, unlimited B/s"
+        );
     }
 }

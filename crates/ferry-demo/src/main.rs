@@ -41,6 +41,10 @@ struct Args {
     /// Keep the work folder (logs, sled, spool) instead of deleting it at exit.
     #[arg(long)]
     keep: bool,
+    /// Serve Prometheus metrics on the coordinator and the agent and scrape both every second during the run
+    /// (the benchmark compares full-sync throughput with and without).
+    #[arg(long)]
+    metrics: bool,
 }
 
 const SOURCE_PASSWORD: &str = "demo-source-secret";
@@ -101,18 +105,39 @@ async fn main() -> anyhow::Result<()> {
         work.path(),
         CoordinatorOptions {
             tls: true,
-            ..Default::default()
+            extra_args: if args.metrics {
+                vec!["--metrics-listen".into(), "127.0.0.1:0".into()]
+            } else {
+                vec![]
+            },
         },
     )
     .await?;
-    let mut agent = AgentProcess::start(
+    let agent_args: &[&str] = if args.metrics {
+        &["--metrics-listen", "127.0.0.1:0"]
+    } else {
+        &[]
+    };
+    let mut agent = AgentProcess::start_with(
         &bins,
         &work.path().join("agent"),
         &coordinator,
         &metadata.url(),
         false,
+        agent_args,
     )
     .await?;
+    let scraper = if args.metrics {
+        let targets = vec![
+            coordinator
+                .metrics_addr
+                .context("the coordinator printed no metrics address")?,
+            agent.metrics_addr().await?,
+        ];
+        Some(tokio::spawn(scrape_every_second(targets)))
+    } else {
+        None
+    };
     say(&format!(
         "coordinator serving TLS on {}; agent enrolled for {CVM_ID} with a single-use join token and \
          authenticating with its own client certificate (logs in {})",
@@ -133,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         .await
     }
     .await;
+    if let Some(scraper) = scraper {
+        scraper.abort();
+        say("metrics were served by the coordinator and the agent and scraped every second");
+    }
     if let Err(error) = agent.terminate().await {
         say(&format!("agent shutdown: {error:#}"));
     }
@@ -468,6 +497,24 @@ async fn wait_until(
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Scrapes `/metrics` of every target once a second, as Prometheus would, until aborted.
+async fn scrape_every_second(targets: Vec<std::net::SocketAddr>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        for addr in &targets {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+                let request =
+                    format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                if stream.write_all(request.as_bytes()).await.is_ok() {
+                    let mut sink = Vec::new();
+                    let _ = stream.read_to_end(&mut sink).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn say(line: &str) {

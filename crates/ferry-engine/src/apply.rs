@@ -86,9 +86,12 @@ impl Applier {
             if ctx.cancel.is_cancelled() {
                 return Ok(None);
             }
+            // Paused: nothing is applied (the tailer keeps spooling); a cut-over request waits too.
+            if !ctx.wait_unpaused().await {
+                return Ok(None);
+            }
             if target.is_none() && ctx.control.complete_requested() {
-                let newest =
-                    plan::oplog_edge(&ctx.src, &ctx.cancel, ctx.retry_budget(), true).await?;
+                let newest = plan::oplog_edge(&ctx.src, ctx.policy(), true).await?;
                 let t = newest.unwrap_or(self.copy_end).max(self.copy_end);
                 tracing::info!(task_id = %ctx.cfg.task_id, target = %t, "cut-over requested: applying through the source's newest entry");
                 target = Some(t);
@@ -111,9 +114,36 @@ impl Applier {
             let ready = self.majority_prefix(&mut waiting)?;
             if !ready.is_empty() {
                 majority_wait = MAJORITY_WAIT;
-                self.apply_batch(&ready, applied_to).await?;
-                if ctx.cancel.is_cancelled() {
-                    return Ok(None);
+                // In chunks of ~1/10 s of the apply throttle (the whole batch when unlimited), each
+                // charged before it is applied; a pause stops between chunks.
+                let mut rest = &ready[..];
+                while !rest.is_empty() {
+                    if !ctx.wait_unpaused().await {
+                        return Ok(None);
+                    }
+                    let caps = ctx.apply_limit.batch_caps(rest.len(), usize::MAX);
+                    let (n, entries, bytes) = self.chunk(rest, caps);
+                    let (chunk, tail) = rest.split_at(n);
+                    if !ctx
+                        .apply_limit
+                        .charge(entries, bytes, false, &ctx.cancel)
+                        .await
+                    {
+                        return Ok(None);
+                    }
+                    let applied_to = ctx
+                        .last_applied()
+                        .unwrap_or(self.apply_from)
+                        .max(self.apply_from);
+                    self.apply_batch(chunk, applied_to).await?;
+                    if ctx.cancel.is_cancelled() {
+                        return Ok(None);
+                    }
+                    rest = tail;
+                    if !rest.is_empty() && last_checkpoint.elapsed() >= interval {
+                        self.checkpoint().await;
+                        last_checkpoint = Instant::now();
+                    }
                 }
             } else if !waiting.is_empty() {
                 // The next entry is above the majority point the poller saw last: ask the source again soon (a
@@ -132,6 +162,28 @@ impl Applier {
                 last_checkpoint = Instant::now();
             }
         }
+    }
+
+    /// The length of the next chunk of `raws` to apply: at most `caps` (entries, bytes) of the entries
+    /// that count (`NsFilter::counts`, past the apply start point), at least one entry; with the
+    /// number and bytes of counted entries in it.
+    fn chunk(&self, raws: &[RawDocumentBuf], caps: (usize, usize)) -> (usize, u64, u64) {
+        let (mut entries, mut bytes) = (0usize, 0usize);
+        for (i, raw) in raws.iter().enumerate() {
+            if self.counts(raw) {
+                entries += 1;
+                bytes += raw.as_bytes().len();
+            }
+            if entries >= caps.0 || bytes >= caps.1 {
+                return (i + 1, entries as u64, bytes as u64);
+            }
+        }
+        (raws.len(), entries as u64, bytes as u64)
+    }
+
+    /// Whether an entry counts in `oplog_entries_applied` and the apply throttle.
+    fn counts(&self, raw: &RawDocumentBuf) -> bool {
+        entry_ts(raw).is_ok_and(|t| t > self.apply_from) && self.ctx.filter.counts(raw)
     }
 
     /// Takes the entries at or below the source's majority commit point off the front of `waiting`.
@@ -207,9 +259,8 @@ impl Applier {
             }
         }
         ctx.state().fetch_from = self.txns.oldest_open().map(state::pair);
-        ctx.live
-            .applied
-            .fetch_add(raws.len() as u64, Ordering::Relaxed);
+        let counted = raws.iter().filter(|r| self.counts(r)).count() as u64;
+        ctx.live.applied.fetch_add(counted, Ordering::SeqCst);
         Ok(())
     }
 

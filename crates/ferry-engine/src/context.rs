@@ -10,9 +10,13 @@ use mongodb::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::figures::{self, RateWindow, Rates, RATE_WINDOW};
+use crate::mongo::Policy;
 use crate::oplog::NsFilter;
+use crate::retries::Retries;
 use crate::spool::SpoolHandle;
 use crate::state::EngineState;
+use crate::throttle::Limiter;
 use crate::types::{
     Checkpoint, CollectionProgress, EngineEvent, MigrationConfig, OpTime, Phase, ProgressSnapshot,
 };
@@ -31,7 +35,13 @@ pub(crate) struct Live {
     pub colls: Mutex<Vec<Arc<CollCounters>>>,
     pub indexes_built: AtomicU32,
     pub indexes_total: AtomicU32,
+    /// Oplog entries of the task's databases applied past the start (or resume) point.
     pub applied: AtomicU64,
+    /// Oplog entries of the task's databases spooled past the start (or resume) point (counted like
+    /// `applied`, from the same base after a restart).
+    pub read: AtomicU64,
+    /// The source's oldest oplog entry (packed), polled now and then; 0 = not known yet.
+    pub source_oldest: AtomicU64,
     /// Packed OpTime (seconds << 32 | increment); 0 = none.
     pub last_applied: AtomicU64,
     pub source_newest: AtomicU64,
@@ -80,6 +90,12 @@ pub(crate) struct Ctx {
     pub spool: Mutex<Option<SpoolHandle>>,
     pub max_batch_docs: usize,
     pub max_batch_bytes: usize,
+    /// Retry accounting (counts, long-outage notes).
+    pub retries: Arc<Retries>,
+    /// Copy throttle (documents and bytes read from the source), shared by all copy workers.
+    pub copy_limit: Limiter,
+    /// Apply throttle (entries and bytes written to the destination), shared by all apply workers.
+    pub apply_limit: Limiter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,8 +134,7 @@ impl Ctx {
     ) -> Result<Option<mongodb::bson::Document>, crate::mongo::RetryError> {
         crate::mongo::command(
             &self.dst,
-            &self.cancel,
-            self.retry_budget(),
+            self.policy(),
             crate::mongo::Side::Destination,
             db,
             cmd,
@@ -135,8 +150,7 @@ impl Ctx {
     ) -> Result<Option<mongodb::bson::Document>, crate::mongo::RetryError> {
         crate::mongo::raw_command(
             &self.dst,
-            &self.cancel,
-            self.retry_budget(),
+            self.policy(),
             crate::mongo::Side::Destination,
             db,
             cmd,
@@ -147,6 +161,34 @@ impl Ctx {
     /// How long transient failures are retried without progress (`tuning.retry_budget`).
     pub(crate) fn retry_budget(&self) -> std::time::Duration {
         self.cfg.tuning.retry_budget
+    }
+
+    /// The retry policy of the migration's operations (cancelled with the migration).
+    pub(crate) fn policy(&self) -> Policy<'_> {
+        Policy {
+            cancel: &self.cancel,
+            budget: self.retry_budget(),
+            retries: &self.retries,
+        }
+    }
+
+    /// Waits while the migration is paused; `false` when it was cancelled.
+    pub(crate) async fn wait_unpaused(&self) -> bool {
+        self.control.wait_unpaused(&self.cancel).await
+    }
+
+    /// The oldest oplog position a restart from a checkpoint taken now would read again: the apply
+    /// start point (the last applied entry in OPLOG_SYNC, the start point before), or earlier for
+    /// transactions open there.
+    pub(crate) fn resume_point(&self) -> OpTime {
+        let from = match self.phase() {
+            Phase::OplogSync => self.last_applied().unwrap_or(self.start_ts),
+            _ => self.start_ts,
+        };
+        match self.state().fetch_from.map(crate::state::optime) {
+            Some(f) => f.min(from),
+            None => from,
+        }
     }
 
     pub(crate) fn take_failure(&self) -> Option<EngineError> {
@@ -209,7 +251,8 @@ impl Ctx {
         let _ = self.events.send(ev).await;
     }
 
-    pub(crate) fn snapshot(&self, rates: (f64, f64)) -> ProgressSnapshot {
+    /// The current figures, with rate-derived ones computed from `rates`.
+    pub(crate) fn snapshot(&self, rates: &Rates) -> ProgressSnapshot {
         let st = self.state();
         let mut collections = Vec::with_capacity(st.collections.len());
         let (mut dc, mut de, mut bc, mut be) = (0u64, 0u64, 0u64, 0u64);
@@ -227,6 +270,7 @@ impl Ctx {
                 ranges_total: c.ranges.len() as u32,
                 ranges_done: done_ranges,
                 done: done_ranges as usize == c.ranges.len(),
+                eta_seconds: None,
             };
             dc += cp.documents_copied;
             de += cp.documents_estimated;
@@ -242,64 +286,113 @@ impl Ctx {
             (Some(n), Some(a)) if n > a => f64::from(n.seconds.saturating_sub(a.seconds)),
             _ => 0.0,
         };
-        let eta_seconds = match phase {
-            Phase::DataSync if rates.0 > 0.0 => {
-                Some((de.saturating_sub(dc) as f64 / rates.0).ceil() as u64)
-            }
-            Phase::DataSync => None,
-            _ => Some(0),
-        };
-        ProgressSnapshot {
+        let oplog_headroom_seconds = unpack(self.live.source_oldest.load(Ordering::SeqCst))
+            .map(|oldest| u64::from(self.resume_point().seconds.saturating_sub(oldest.seconds)));
+        let applied = self.live.applied.load(Ordering::SeqCst);
+        let mut snap = ProgressSnapshot {
             phase,
             collections,
             documents_copied: dc,
             documents_estimated: de,
             bytes_copied: bc,
             bytes_estimated: be,
-            documents_per_second: rates.0,
-            bytes_per_second: rates.1,
-            eta_seconds,
+            documents_per_second: 0.0,
+            bytes_per_second: 0.0,
+            eta_seconds: None,
             indexes_built: self.live.indexes_built.load(Ordering::SeqCst),
             indexes_total: self.live.indexes_total.load(Ordering::SeqCst),
             last_applied,
             source_newest,
             lag_seconds,
-            oplog_entries_applied: self.live.applied.load(Ordering::SeqCst),
+            oplog_entries_applied: applied,
             spool_bytes: lock(&self.spool).as_ref().map(|s| s.bytes()).unwrap_or(0),
+            spool_cap_bytes: self.cfg.tuning.spool_cap_bytes,
+            apply_entries_per_second: 0.0,
+            source_entries_per_second: 0.0,
+            // Never below `applied`: both count from the same base, the tailer's ahead of the applier's.
+            oplog_entries_read: self.live.read.load(Ordering::SeqCst).max(applied),
+            catch_up_eta_seconds: None,
+            converging: false,
+            spool_full_eta_seconds: None,
+            oplog_headroom_seconds,
+            paused: self.control.is_paused(),
+            retries: self.retries.count(),
+        };
+        figures::derive(&mut snap, rates);
+        snap
+    }
+}
+
+/// The moving rates of the progress figures.
+struct Windows {
+    docs: RateWindow,
+    bytes: RateWindow,
+    applied: RateWindow,
+    read: RateWindow,
+    spool: RateWindow,
+    collections: Vec<(RateWindow, RateWindow)>,
+}
+
+impl Windows {
+    fn new() -> Self {
+        Self {
+            docs: RateWindow::new(RATE_WINDOW),
+            bytes: RateWindow::new(RATE_WINDOW),
+            applied: RateWindow::new(RATE_WINDOW),
+            read: RateWindow::new(RATE_WINDOW),
+            spool: RateWindow::new(RATE_WINDOW),
+            collections: Vec::new(),
+        }
+    }
+
+    /// Records the figures of `snap` taken at `at`; the rates over the window.
+    fn record(&mut self, at: Instant, snap: &ProgressSnapshot) -> Rates {
+        self.docs.push(at, snap.documents_copied as f64);
+        self.bytes.push(at, snap.bytes_copied as f64);
+        self.applied.push(at, snap.oplog_entries_applied as f64);
+        self.read.push(at, snap.oplog_entries_read as f64);
+        self.spool.push(at, snap.spool_bytes as f64);
+        while self.collections.len() < snap.collections.len() {
+            self.collections
+                .push((RateWindow::new(RATE_WINDOW), RateWindow::new(RATE_WINDOW)));
+        }
+        for (c, (docs, bytes)) in snap.collections.iter().zip(self.collections.iter_mut()) {
+            docs.push(at, c.documents_copied as f64);
+            bytes.push(at, c.bytes_copied as f64);
+        }
+        Rates {
+            docs: self.docs.rate(),
+            bytes: self.bytes.rate(),
+            applied: self.applied.rate(),
+            read: self.read.rate(),
+            spool: self.spool.rate(),
+            collections: self
+                .collections
+                .iter()
+                .map(|(d, b)| (d.rate(), b.rate()))
+                .collect(),
         }
     }
 }
 
-/// Emits a progress event every `interval` until `done` is cancelled.
+/// Emits a progress event every `interval` until `done` is cancelled (also while paused).
 pub(crate) async fn progress_loop(ctx: Arc<Ctx>, done: CancellationToken) {
     let interval = ctx
         .cfg
         .tuning
         .progress_interval
         .max(Duration::from_millis(50));
-    let mut last = (Instant::now(), 0u64, 0u64, 0u64);
-    let mut rates = (0.0f64, 0.0f64);
+    let mut windows = Windows::new();
+    // The first sample is the starting point of the rates.
+    windows.record(Instant::now(), &ctx.snapshot(&Rates::default()));
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let snap = ctx.snapshot(rates);
-        let now = Instant::now();
-        let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
-        let (docs, bytes) = match snap.phase {
-            Phase::OplogSync => (snap.oplog_entries_applied, 0),
-            _ => (snap.documents_copied, snap.bytes_copied),
-        };
-        let dr = docs.saturating_sub(last.1) as f64 / dt;
-        let br = bytes.saturating_sub(last.2) as f64 / dt;
-        rates = (0.5 * rates.0 + 0.5 * dr, 0.5 * rates.1 + 0.5 * br);
-        last = (now, docs, bytes, 0);
-        let snap = ProgressSnapshot {
-            documents_per_second: rates.0,
-            bytes_per_second: rates.1,
-            ..snap
-        };
+        let mut snap = ctx.snapshot(&Rates::default());
+        let rates = windows.record(Instant::now(), &snap);
+        figures::derive(&mut snap, &rates);
         ctx.emit(EngineEvent::Progress(snap)).await;
     }
 }

@@ -86,6 +86,8 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
     let ctr = ctx.counters(ci);
     let mut started = std::time::Instant::now();
     let mut backoff = std::time::Duration::from_millis(200);
+    // Since when, and on which side, this range has been failing (for the retry accounting).
+    let mut failing: Option<(std::time::Instant, Side)> = None;
     loop {
         let mut docs = 0u64;
         let mut bytes = 0u64;
@@ -99,6 +101,10 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
             &ctr,
         )
         .await;
+        if let Some((_, side)) = failing.filter(|_| res.is_ok()) {
+            failing = None;
+            ctx.retries.recovered(side);
+        }
         match res {
             Ok(true) => {
                 {
@@ -121,9 +127,19 @@ async fn copy_range_retrying(ctx: Arc<Ctx>, ci: usize, ri: usize) -> Result<(), 
                 if docs > 0 {
                     // The attempt made progress: the retry budget counts from this failure.
                     started = std::time::Instant::now();
+                    failing = None;
+                }
+                if let Some(resumed) = ctx.control.resumed_at() {
+                    // Time spent paused (an idle cursor may time out meanwhile) is not a failure.
+                    started = started.max(resumed);
                 }
                 if mongo::is_transient(&e.0) && started.elapsed() < ctx.retry_budget() {
                     tracing::warn!(error = %e.0, %ns, range = ri, side = e.1.name(), "range copy interrupted, retrying");
+                    let (since, _) = *failing.get_or_insert((std::time::Instant::now(), e.1));
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => return Ok(()),
+                        _ = ctx.retries.failed(e.1, since, ctx.retry_budget(), &e.0) => {}
+                    }
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
@@ -241,13 +257,28 @@ async fn read_range(
     if ordered {
         find = find.sort(mongodb::bson::doc! {"$natural": 1});
     }
+    // Paused: no new cursor is opened.
+    if !ctx.wait_unpaused().await {
+        return Ok(false);
+    }
     let mut cursor = tokio::select! {
         _ = ctx.cancel.cancelled() => return Ok(false),
         c = find => c.map_err(|e| SideError(e, Side::Source))?,
     };
     let mut batch = Vec::with_capacity(1024);
     let mut batch_bytes = 0usize;
+    // Batch bounds: the destination's, cut to ~1/10 s of the copy throttle; a batch ends early when
+    // the throttle changes, so a new limit never waits behind a batch sized for the old one.
+    let mut limits = ctx.copy_limit.watch();
+    let mut caps = (max_docs, max_bytes);
     loop {
+        if batch.is_empty() {
+            // Before each batch: wait while paused (the cursor stays open, idle), then take the limits.
+            if !ctx.wait_unpaused().await {
+                return Ok(false);
+            }
+            caps = ctx.copy_limit.seen_caps(&mut limits, max_docs, max_bytes);
+        }
         let more = tokio::select! {
             _ = ctx.cancel.cancelled() => return Ok(false),
             m = cursor.advance() => m.map_err(|e| SideError(e, Side::Source))?,
@@ -258,19 +289,36 @@ async fn read_range(
         let doc = cursor.current().to_owned();
         batch_bytes += doc.as_bytes().len();
         batch.push(doc);
-        if batch.len() >= max_docs || batch_bytes >= max_bytes {
+        let stale = limits.has_changed().unwrap_or(false);
+        if batch.len() >= caps.0 || batch_bytes >= caps.1 || stale {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(1024));
-            batch_bytes = 0;
-            if tx.send(full).await.is_err() {
-                // Writers are gone (they failed); their error is reported by the caller.
+            let bytes = std::mem::take(&mut batch_bytes);
+            if !send_batch(ctx, &tx, full, bytes, stale).await {
                 return Ok(false);
             }
         }
     }
-    if !batch.is_empty() && tx.send(batch).await.is_err() {
+    let stale = limits.has_changed().unwrap_or(false);
+    if !batch.is_empty() && !send_batch(ctx, &tx, batch, batch_bytes, stale).await {
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Charges a batch read from the source to the copy throttle (shared by all copy workers), then hands
+/// it to the writers. `stale`: gathered under limits that changed since. `false`: cancelled, or the
+/// writers are gone (they failed; the caller reports it).
+async fn send_batch(
+    ctx: &Ctx,
+    tx: &mpsc::Sender<Vec<RawDocumentBuf>>,
+    batch: Vec<RawDocumentBuf>,
+    bytes: usize,
+    stale: bool,
+) -> bool {
+    ctx.copy_limit
+        .charge(batch.len() as u64, bytes as u64, stale, &ctx.cancel)
+        .await
+        && tx.send(batch).await.is_ok()
 }
 
 /// True when every write error of an unordered insert is a duplicate key (a re-copied document).
@@ -300,6 +348,7 @@ pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), En
     .map_err(|e| e.into_engine("delete", ns))?;
     let ctr = Arc::new(crate::context::CollCounters::default());
     let started = std::time::Instant::now();
+    let mut failing: Option<(std::time::Instant, Side)> = None;
     loop {
         let (mut docs, mut bytes) = (0, 0);
         let ordered = ctx.state().ordered.iter().any(|n| n == ns);
@@ -314,8 +363,17 @@ pub(crate) async fn recopy_collection(ctx: &Arc<Ctx>, ns: &str) -> Result<(), En
         )
         .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                if let Some((_, side)) = failing {
+                    ctx.retries.recovered(side);
+                }
+                return Ok(());
+            }
             Err(e) if mongo::is_transient(&e.0) && started.elapsed() < ctx.retry_budget() => {
+                let (since, _) = *failing.get_or_insert((std::time::Instant::now(), e.1));
+                ctx.retries
+                    .failed(e.1, since, ctx.retry_budget(), &e.0)
+                    .await;
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}

@@ -88,19 +88,13 @@ async fn destination_indexes(ctx: &Ctx, ns: &str) -> Result<Vec<Document>, Engin
     let (db, name) = split_ns(ns);
     let database = ctx.dst.database(db);
     let cmd = doc! {"listIndexes": name};
-    let res = mongo::retry(
-        &ctx.cancel,
-        ctx.retry_budget(),
-        Side::Destination,
-        "listIndexes",
-        || async {
-            database
-                .run_cursor_command(cmd.clone())
-                .await?
-                .try_collect::<Vec<Document>>()
-                .await
-        },
-    )
+    let res = mongo::retry(ctx.policy(), Side::Destination, "listIndexes", || async {
+        database
+            .run_cursor_command(cmd.clone())
+            .await?
+            .try_collect::<Vec<Document>>()
+            .await
+    })
     .await;
     match res {
         Ok(v) => Ok(v.unwrap_or_default()),

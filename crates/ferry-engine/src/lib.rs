@@ -1,7 +1,8 @@
 //! ferry-engine: the data plane of a migration, over the official MongoDB driver. It plans (collections,
 //! views, options, `_id` ranges, the oplog start point), copies data in parallel as raw BSON, builds
 //! indexes, spools and applies the oplog idempotently until cut-over, and rolls back what it created.
-//! It reports progress and checkpoints through its own types (`EngineEvent`) and must know nothing of
+//! It obeys live operator controls (`MigrationControl`: stop, cut-over, `Throttle`, pause), and reports
+//! progress, checkpoints and notes through its own types (`EngineEvent`) and must know nothing of
 //! gRPC, sled or the coordinator; it must not depend on mongosim (tests only) nor on any behaviour of
 //! mongosim that real MongoDB does not have.
 
@@ -11,15 +12,18 @@ mod copy;
 mod ddl;
 pub mod diff;
 mod error;
+mod figures;
 mod indexes;
 mod mongo;
 mod oplog;
 mod plan;
 mod raw;
 mod replay;
+mod retries;
 mod spool;
 mod state;
 mod tail;
+mod throttle;
 mod types;
 mod worker;
 
@@ -38,13 +42,15 @@ pub use replay::{
 };
 pub use types::{
     Checkpoint, CollectionProgress, Completion, Endpoint, EngineEvent, MigrationConfig,
-    MigrationControl, OpTime, Outcome, Phase, ProgressSnapshot, Tuning,
+    MigrationControl, OpTime, Outcome, Phase, ProgressSnapshot, Throttle, Tuning,
 };
 
 use context::Ctx;
-use mongo::Side;
+use mongo::{Policy, Side};
 use oplog::NsFilter;
+use retries::Retries;
 use state::EngineState;
+use throttle::{Direction, Limiter};
 
 const DEFAULT_MAX_WRITE_BATCH: usize = 100_000;
 /// Byte budget of one insert batch (well under maxMessageSizeBytes; bounds memory per pipeline stage).
@@ -62,11 +68,23 @@ pub async fn run_migration(
     config.tuning.validate()?;
     let budget = config.tuning.retry_budget;
     let stop = control.cancel_token().clone();
+    let retries = Arc::new(Retries::new(
+        Some(events.clone()),
+        vec![
+            config.source.password.clone(),
+            config.destination.password.clone(),
+        ],
+    ));
+    let policy = Policy {
+        cancel: &stop,
+        budget,
+        retries: &retries,
+    };
     let src = mongo::connect(&config.source, Side::Source).await?;
     let dst = mongo::connect(&config.destination, Side::Destination).await?;
-    mongo::ping(&src, Side::Source, &stop, budget).await?;
-    mongo::ping(&dst, Side::Destination, &stop, budget).await?;
-    let (max_docs, max_bytes) = destination_limits(&dst, &stop, budget).await;
+    mongo::ping(&src, Side::Source, policy).await?;
+    mongo::ping(&dst, Side::Destination, policy).await?;
+    let (max_docs, max_bytes) = destination_limits(&dst, policy).await;
     let filter = NsFilter::new(&config.databases);
 
     let (st, start_ts, phase, last_applied) = match &resume {
@@ -79,14 +97,13 @@ pub async fn run_migration(
         }
         None => {
             // The start point is taken before any data is read (reference §8.6).
-            let start = plan::oplog_edge(&src, &stop, budget, true)
-                .await?
-                .ok_or_else(|| EngineError::NoOplog {
+            let start = plan::oplog_edge(&src, policy, true).await?.ok_or_else(|| {
+                EngineError::NoOplog {
                     detail: "no oplog entry found".into(),
-                })?;
-            let oldest_txn = plan::oldest_open_txn(&src, &stop, budget).await;
-            let mut st =
-                plan::build(&src, &stop, budget, &filter, config.tuning.docs_per_range).await?;
+                }
+            })?;
+            let oldest_txn = plan::oldest_open_txn(&src, policy).await;
+            let mut st = plan::build(&src, policy, &filter, config.tuning.docs_per_range).await?;
             st.fetch_from = oldest_txn.filter(|t| *t < start).map(state::pair);
             st.rbid = tail::rollback_id(&src).await;
             (st, start, Phase::DataSync, None)
@@ -108,6 +125,9 @@ pub async fn run_migration(
         spool: Mutex::new(None),
         max_batch_docs: max_docs,
         max_batch_bytes: max_bytes,
+        retries: retries.clone(),
+        copy_limit: Limiter::new(control.clone(), Direction::Copy),
+        apply_limit: Limiter::new(control.clone(), Direction::Apply),
     });
     ctx.set_phase(phase);
     if let Some(t) = last_applied {
@@ -117,6 +137,10 @@ pub async fn run_migration(
         let st = ctx.state();
         ctx.live
             .applied
+            .store(st.oplog_entries_applied, Ordering::Relaxed);
+        // What was read but not applied before a restart is read again: both count from here.
+        ctx.live
+            .read
             .store(st.oplog_entries_applied, Ordering::Relaxed);
         ctx.live
             .indexes_built
@@ -166,6 +190,7 @@ async fn drive(
     let tailer = tokio::spawn(tail::run_tailer(
         ctx.clone(),
         tail_from,
+        apply_from,
         writer,
         tail_done.clone(),
     ));
@@ -196,7 +221,7 @@ async fn phases(
         if ctx.cancel.is_cancelled() {
             return Ok(Outcome::Stopped);
         }
-        let copy_end = plan::oplog_edge(&ctx.src, &ctx.cancel, ctx.retry_budget(), true)
+        let copy_end = plan::oplog_edge(&ctx.src, ctx.policy(), true)
             .await?
             .unwrap_or(ctx.start_ts);
         ctx.state().copy_end = Some(state::pair(copy_end));
@@ -236,7 +261,7 @@ async fn phases(
     if ctx.cancel.is_cancelled() {
         return Ok(Outcome::Stopped);
     }
-    let progress = ctx.snapshot((0.0, 0.0));
+    let progress = ctx.snapshot(&figures::Rates::default());
     let secs = started.elapsed().as_secs_f64();
     let summary = format!(
         "migrated {} documents ({} bytes) in {} collections, {} indexes, applied {} oplog entries through {}; run took {:.1}s",
@@ -269,20 +294,8 @@ fn sanitize(id: &str) -> String {
 }
 
 /// Batch limits from the destination's `hello` (maxWriteBatchSize, maxMessageSizeBytes), capped by our budgets.
-async fn destination_limits(
-    dst: &mongodb::Client,
-    cancel: &CancellationToken,
-    budget: std::time::Duration,
-) -> (usize, usize) {
-    let hello = mongo::command(
-        dst,
-        cancel,
-        budget,
-        Side::Destination,
-        "admin",
-        doc! {"hello": 1},
-    )
-    .await;
+async fn destination_limits(dst: &mongodb::Client, policy: Policy<'_>) -> (usize, usize) {
+    let hello = mongo::command(dst, policy, Side::Destination, "admin", doc! {"hello": 1}).await;
     let (mut docs, mut bytes) = (DEFAULT_MAX_WRITE_BATCH, 48_000_000usize);
     if let Ok(Some(h)) = hello {
         if let Ok(n) = h.get_i32("maxWriteBatchSize") {
@@ -313,20 +326,17 @@ pub async fn rollback(
     }
     let dst = mongo::connect(&config.destination, Side::Destination).await?;
     let cancel = CancellationToken::new();
+    let retries = Retries::detached();
+    let policy = Policy {
+        cancel: &cancel,
+        budget: config.tuning.retry_budget,
+        retries: &retries,
+    };
     let mut dropped = Vec::new();
     for ns in st.created.iter().rev() {
         let (db, name) = plan::split_ns(ns);
         let drop = doc! {"drop": name};
-        match mongo::command(
-            &dst,
-            &cancel,
-            config.tuning.retry_budget,
-            Side::Destination,
-            db,
-            drop,
-        )
-        .await
-        {
+        match mongo::command(&dst, policy, Side::Destination, db, drop).await {
             Ok(_) => {}
             Err(e) if mongo::error_code(&e.error) == Some(26) => {}
             Err(e) => return Err(e.into_engine("drop", ns)),
@@ -350,7 +360,13 @@ pub fn relaxed_indexes(engine_state: &[u8]) -> Vec<(String, String)> {
 pub async fn list_databases(source: &Endpoint) -> Result<Vec<(String, u64, bool)>, EngineError> {
     let src = mongo::connect(source, Side::Source).await?;
     let cancel = CancellationToken::new();
-    let dbs = plan::databases(&src, &cancel, Tuning::default().retry_budget).await?;
+    let retries = Retries::detached();
+    let policy = Policy {
+        cancel: &cancel,
+        budget: Tuning::default().retry_budget,
+        retries: &retries,
+    };
+    let dbs = plan::databases(&src, policy).await?;
     Ok(dbs
         .into_iter()
         .filter(|(n, _, _)| !oplog::SYSTEM_DBS.contains(&n.as_str()))

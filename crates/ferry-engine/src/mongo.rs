@@ -10,6 +10,7 @@ use mongodb::options::{ClientOptions, Credential};
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::retries::Retries;
 use crate::types::Endpoint;
 use crate::EngineError;
 
@@ -98,11 +99,20 @@ pub(crate) fn is_transient(e: &MongoError) -> bool {
     }
 }
 
-/// Runs `op` until it succeeds, fails permanently, `budget` runs out (counted from this call: the
-/// last progress, since any success returns) or `cancel` fires. Returns `Ok(None)` when cancelled.
+/// How an operation is retried: transient failures until `cancel` fires or `budget` runs out (counted
+/// from the operation's start: the last progress, since any success returns), each one accounted in
+/// `retries`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy<'a> {
+    pub cancel: &'a CancellationToken,
+    pub budget: Duration,
+    pub retries: &'a Retries,
+}
+
+/// Runs `op` until it succeeds, fails permanently, the budget runs out or the policy's `cancel` fires.
+/// Returns `Ok(None)` when cancelled.
 pub(crate) async fn retry<T, F, Fut>(
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     side: Side,
     what: &str,
     mut op: F,
@@ -111,6 +121,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, MongoError>>,
 {
+    let Policy {
+        cancel,
+        budget,
+        retries,
+    } = policy;
     let started = Instant::now();
     let mut backoff = BACKOFF_START;
     let mut attempt: u32 = 0;
@@ -120,10 +135,19 @@ where
             r = op() => r,
         };
         match res {
-            Ok(v) => return Ok(Some(v)),
+            Ok(v) => {
+                if attempt > 0 {
+                    retries.recovered(side);
+                }
+                return Ok(Some(v));
+            }
             Err(error) if is_transient(&error) && started.elapsed() < budget => {
                 attempt += 1;
                 tracing::warn!(%error, attempt, side = side.name(), operation = what, "transient error, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = retries.failed(side, started, budget, &error) => {}
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}
@@ -176,19 +200,18 @@ impl RetryError {
 /// Runs a command with retries; `Ok(None)` when cancelled.
 pub(crate) async fn command(
     client: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     side: Side,
     db: &str,
     cmd: Document,
 ) -> Result<Option<Document>, RetryError> {
     match mongodb::bson::RawDocumentBuf::try_from(&cmd) {
-        Ok(raw) => raw_command(client, cancel, budget, side, db, raw).await,
+        Ok(raw) => raw_command(client, policy, side, db, raw).await,
         Err(e) => Err(RetryError {
             error: MongoError::custom(format!("command is not valid BSON: {e}")),
             transient: false,
             side,
-            budget,
+            budget: policy.budget,
         }),
     }
 }
@@ -196,14 +219,13 @@ pub(crate) async fn command(
 /// Runs a raw command (payloads never decoded) with retries; `Ok(None)` when cancelled.
 pub(crate) async fn raw_command(
     client: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     side: Side,
     db: &str,
     cmd: mongodb::bson::RawDocumentBuf,
 ) -> Result<Option<Document>, RetryError> {
     let database = client.database(db);
-    retry(cancel, budget, side, "command", || {
+    retry(policy, side, "command", || {
         database.run_raw_command(cmd.clone()).into_future()
     })
     .await
@@ -213,10 +235,9 @@ pub(crate) async fn raw_command(
 pub(crate) async fn ping(
     client: &Client,
     side: Side,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
 ) -> Result<(), EngineError> {
-    match command(client, cancel, budget, side, "admin", doc! {"ping": 1}).await {
+    match command(client, policy, side, "admin", doc! {"ping": 1}).await {
         Ok(_) => Ok(()),
         Err(e) => Err(EngineError::Connect {
             side: side.name(),

@@ -322,6 +322,19 @@ impl NsFilter {
             None => false,
         }
     }
+    /// Whether an oplog entry counts as one of the task's in the progress figures and the apply
+    /// throttle: not a no-op, and on a selected database, or a command on `admin.$cmd` (transactions:
+    /// `applyOps`, commit, abort), which may carry the task's writes.
+    pub(crate) fn counts(&self, raw: &RawDocument) -> bool {
+        if raw.get_str("op").map_or(true, |op| op == "n") {
+            return false;
+        }
+        match raw.get_str("ns") {
+            Ok("admin.$cmd") => true,
+            Ok(ns) => self.db_selected(ns.split_once('.').map_or(ns, |(db, _)| db)),
+            Err(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +344,19 @@ mod tests {
 
     fn raw(d: Document) -> RawDocumentBuf {
         RawDocumentBuf::try_from(&d).unwrap()
+    }
+
+    #[test]
+    fn entries_of_the_task_count_noops_and_other_databases_do_not() {
+        let f = NsFilter::new(&["app".to_string()]);
+        let e = |op: &str, ns: &str| raw(doc! {"op": op, "ns": ns, "o": {}});
+        assert!(f.counts(&e("i", "app.items")));
+        assert!(f.counts(&e("c", "app.$cmd")));
+        assert!(f.counts(&e("c", "admin.$cmd")));
+        assert!(!f.counts(&e("n", "")));
+        assert!(!f.counts(&e("i", "other.items")));
+        assert!(!f.counts(&e("i", "config.system.sessions")));
+        assert!(!f.counts(&raw(doc! {"ns": "app.items"})));
     }
 
     fn cu(key: Document, o: Document) -> Op {

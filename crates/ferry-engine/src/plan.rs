@@ -9,15 +9,13 @@
 
 use std::collections::HashSet;
 use std::future::IntoFuture;
-use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::context::Ctx;
-use crate::mongo::{self, error_code, Side};
+use crate::mongo::{self, error_code, Policy, Side};
 use crate::oplog::NsFilter;
 use crate::state::{self, CollState, EngineState, ViewState};
 use crate::types::OpTime;
@@ -26,13 +24,12 @@ use crate::EngineError;
 /// Newest (or oldest) entry of the source oplog.
 pub(crate) async fn oplog_edge(
     src: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     newest: bool,
 ) -> Result<Option<OpTime>, EngineError> {
     let coll = src.database("local").collection::<Document>("oplog.rs");
     let dir = if newest { -1 } else { 1 };
-    let found = mongo::retry(cancel, budget, Side::Source, "read oplog edge", || {
+    let found = mongo::retry(policy, Side::Source, "read oplog edge", || {
         coll.find_one(doc! {})
             .sort(doc! {"$natural": dir})
             .projection(doc! {"ts": 1})
@@ -55,27 +52,17 @@ pub(crate) async fn oplog_edge(
 }
 
 /// Oldest `startOpTime` of transactions open on the source (reference §8.6 beginFetching).
-pub(crate) async fn oldest_open_txn(
-    src: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
-) -> Option<OpTime> {
+pub(crate) async fn oldest_open_txn(src: &Client, policy: Policy<'_>) -> Option<OpTime> {
     let coll = src
         .database("config")
         .collection::<Document>("transactions");
     let filter = doc! {"state": {"$in": ["inProgress", "prepared"]}};
-    let res = mongo::retry(
-        cancel,
-        budget,
-        Side::Source,
-        "read open transactions",
-        || async {
-            coll.find(filter.clone())
-                .await?
-                .try_collect::<Vec<Document>>()
-                .await
-        },
-    )
+    let res = mongo::retry(policy, Side::Source, "read open transactions", || async {
+        coll.find(filter.clone())
+            .await?
+            .try_collect::<Vec<Document>>()
+            .await
+    })
     .await;
     let docs = match res {
         Ok(Some(d)) => d,
@@ -94,13 +81,11 @@ pub(crate) async fn oldest_open_txn(
 /// `(name, sizeOnDisk, empty)` of the source's databases.
 pub(crate) async fn databases(
     src: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
 ) -> Result<Vec<(String, u64, bool)>, EngineError> {
     let reply = mongo::command(
         src,
-        cancel,
-        budget,
+        policy,
         Side::Source,
         "admin",
         doc! {"listDatabases": 1},
@@ -128,13 +113,12 @@ pub(crate) async fn databases(
 
 async fn list_collections(
     client: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     side: Side,
     db: &str,
 ) -> Result<Vec<Document>, EngineError> {
     let database = client.database(db);
-    mongo::retry(cancel, budget, side, "listCollections", || async {
+    mongo::retry(policy, side, "listCollections", || async {
         database
             .run_cursor_command(doc! {"listCollections": 1})
             .await?
@@ -158,15 +142,14 @@ fn num(d: &Document, key: &str) -> u64 {
 /// Builds the plan: collections (with estimates and ranges) and views of the selected databases.
 pub(crate) async fn build(
     src: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     filter: &NsFilter,
     docs_per_range: u64,
 ) -> Result<EngineState, EngineError> {
     let mut st = EngineState::new();
-    let dbs = databases(src, cancel, budget).await?;
+    let dbs = databases(src, policy).await?;
     for (db, _, _) in dbs.iter().filter(|(db, _, _)| filter.db_selected(db)) {
-        for entry in list_collections(src, cancel, budget, Side::Source, db).await? {
+        for entry in list_collections(src, policy, Side::Source, db).await? {
             let Ok(name) = entry.get_str("name") else {
                 continue;
             };
@@ -181,7 +164,7 @@ pub(crate) async fn build(
                     // order, applied in one partition (`ordered`).
                     let capped = options.get_bool("capped").unwrap_or(false);
                     let per_range = if capped { 0 } else { docs_per_range };
-                    let coll = estimate_and_split(src, cancel, budget, db, name, options, per_range).await?;
+                    let coll = estimate_and_split(src, policy, db, name, options, per_range).await?;
                     if capped {
                         st.ordered.push(ns.clone());
                     }
@@ -202,29 +185,21 @@ pub(crate) async fn build(
 
 async fn estimate_and_split(
     src: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     db: &str,
     name: &str,
     options: Document,
     docs_per_range: u64,
 ) -> Result<CollState, EngineError> {
     let ns = format!("{db}.{name}");
-    let count = mongo::command(src, cancel, budget, Side::Source, db, doc! {"count": name})
+    let count = mongo::command(src, policy, Side::Source, db, doc! {"count": name})
         .await
         .map(|r| r.map(|d| num(&d, "n")).unwrap_or(0))
         .unwrap_or(0);
-    let size = mongo::command(
-        src,
-        cancel,
-        budget,
-        Side::Source,
-        db,
-        doc! {"collStats": name},
-    )
-    .await
-    .map(|r| r.map(|d| num(&d, "size")).unwrap_or(0))
-    .unwrap_or(0);
+    let size = mongo::command(src, policy, Side::Source, db, doc! {"collStats": name})
+        .await
+        .map(|r| r.map(|d| num(&d, "size")).unwrap_or(0))
+        .unwrap_or(0);
     let n_ranges = if docs_per_range == 0 {
         1
     } else {
@@ -239,7 +214,7 @@ async fn estimate_and_split(
             doc! {"$project": {"_id": 1}},
             doc! {"$sort": {"_id": 1}},
         ];
-        let sample = mongo::retry(cancel, budget, Side::Source, "sample _id", || async {
+        let sample = mongo::retry(policy, Side::Source, "sample _id", || async {
             coll.aggregate(pipeline.clone())
                 .await?
                 .try_collect::<Vec<Document>>()
@@ -275,17 +250,13 @@ pub(crate) fn split_ns(ns: &str) -> (&str, &str) {
 
 /// Names of the collections and views existing on the destination in `db`.
 pub(crate) async fn dest_names(ctx: &Ctx, db: &str) -> Result<HashSet<String>, EngineError> {
-    Ok(list_collections(
-        &ctx.dst,
-        &ctx.cancel,
-        ctx.retry_budget(),
-        Side::Destination,
-        db,
+    Ok(
+        list_collections(&ctx.dst, ctx.policy(), Side::Destination, db)
+            .await?
+            .iter()
+            .filter_map(|d| d.get_str("name").ok().map(str::to_string))
+            .collect(),
     )
-    .await?
-    .iter()
-    .filter_map(|d| d.get_str("name").ok().map(str::to_string))
-    .collect())
 }
 
 /// Creates `ns` with `options` unless it exists; records it as created (and checkpoints) first.
@@ -411,8 +382,7 @@ pub(crate) async fn create_all(ctx: &Ctx) -> Result<(), EngineError> {
 /// `commitIndexBuild` entry, which the oplog brings later (or never, when it aborts).
 async fn index_specs(
     client: &Client,
-    cancel: &CancellationToken,
-    budget: Duration,
+    policy: Policy<'_>,
     side: Side,
     ns: &str,
     finished_only: bool,
@@ -422,7 +392,7 @@ async fn index_specs(
     let run = |cmd: Document| {
         let database = database.clone();
         async move {
-            mongo::retry(cancel, budget, side, "listIndexes", || async {
+            mongo::retry(policy, side, "listIndexes", || async {
                 database
                     .run_cursor_command(cmd.clone())
                     .await?
@@ -465,16 +435,11 @@ async fn index_specs(
 
 /// The destination's index specs of `ns` (empty when the collection is gone).
 pub(crate) async fn list_indexes(ctx: &Ctx, ns: &str) -> Result<Vec<Document>, EngineError> {
-    Ok(index_specs(
-        &ctx.dst,
-        &ctx.cancel,
-        ctx.retry_budget(),
-        Side::Destination,
-        ns,
-        false,
+    Ok(
+        index_specs(&ctx.dst, ctx.policy(), Side::Destination, ns, false)
+            .await?
+            .unwrap_or_default(),
     )
-    .await?
-    .unwrap_or_default())
 }
 
 /// A view's current definition on the source (`viewOn`, `pipeline`, `collation`), if it is a view.
@@ -485,19 +450,13 @@ pub(crate) async fn source_view(
 ) -> Result<Option<Document>, EngineError> {
     let database = ctx.src.database(db);
     let cmd = doc! {"listCollections": 1, "filter": {"name": view, "type": "view"}};
-    let found = mongo::retry(
-        &ctx.cancel,
-        ctx.retry_budget(),
-        Side::Source,
-        "listCollections",
-        || async {
-            database
-                .run_cursor_command(cmd.clone())
-                .await?
-                .try_collect::<Vec<Document>>()
-                .await
-        },
-    )
+    let found = mongo::retry(ctx.policy(), Side::Source, "listCollections", || async {
+        database
+            .run_cursor_command(cmd.clone())
+            .await?
+            .try_collect::<Vec<Document>>()
+            .await
+    })
     .await
     .map_err(|e| e.into_engine("listCollections", db))?
     .unwrap_or_default();
@@ -514,15 +473,7 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
     let namespaces = ctx.planned_namespaces();
     let mut work = Vec::new();
     for ns in &namespaces {
-        let specs = index_specs(
-            &ctx.src,
-            &ctx.cancel,
-            ctx.retry_budget(),
-            Side::Source,
-            ns,
-            true,
-        )
-        .await?;
+        let specs = index_specs(&ctx.src, ctx.policy(), Side::Source, ns, true).await?;
         if ctx.cancel.is_cancelled() {
             return Ok(());
         }
@@ -543,6 +494,10 @@ pub(crate) async fn build_indexes(ctx: &Ctx) -> Result<(), EngineError> {
     ctx.live.indexes_total.store(total as u32, Ordering::SeqCst);
     ctx.live.indexes_built.store(0, Ordering::SeqCst);
     for (ns, specs) in work {
+        // Paused: no new index build starts on the destination.
+        if !ctx.wait_unpaused().await {
+            return Ok(());
+        }
         let (db, name) = split_ns(&ns);
         let n = specs.len() as u32;
         let mut relaxed = Vec::with_capacity(specs.len());

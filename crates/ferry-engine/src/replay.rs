@@ -14,6 +14,7 @@ use crate::context::Ctx;
 use crate::mongo::{self, Side};
 use crate::oplog::{entry_ts, NsFilter};
 use crate::state::EngineState;
+use crate::throttle::{Direction, Limiter};
 use crate::types::{Endpoint, MigrationConfig, MigrationControl, OpTime, Tuning};
 use crate::EngineError;
 
@@ -134,6 +135,7 @@ pub(crate) async fn standalone(
         seconds: 0,
         increment: 0,
     };
+    let control = MigrationControl::new();
     let ctx = Arc::new(Ctx {
         cfg: MigrationConfig {
             task_id: "replay".into(),
@@ -149,7 +151,7 @@ pub(crate) async fn standalone(
         src: dst.clone(),
         dst,
         cancel: CancellationToken::new(),
-        control: MigrationControl::new(),
+        control: control.clone(),
         failure: Mutex::new(None),
         events: mpsc::channel(1024).0,
         state: Mutex::new(EngineState::new()),
@@ -159,6 +161,9 @@ pub(crate) async fn standalone(
         spool: Mutex::new(None),
         max_batch_docs: crate::BATCH_DOC_BUDGET,
         max_batch_bytes: crate::BATCH_BYTE_BUDGET,
+        retries: Arc::new(crate::retries::Retries::detached()),
+        copy_limit: Limiter::new(control.clone(), Direction::Copy),
+        apply_limit: Limiter::new(control.clone(), Direction::Apply),
     });
     Ok(Applier::new(ctx, zero, copy_end))
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{pack, Ctx, MAJORITY_UNBOUNDED};
-use crate::mongo::{self, error_code, Side};
+use crate::mongo::{self, error_code, Policy, Side};
 use crate::oplog::entry_ts;
 use crate::spool::SpoolWriter;
 use crate::types::OpTime;
@@ -24,10 +24,13 @@ const FLUSH_DOCS: usize = 2000;
 const FLUSH_BYTES: usize = 4 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
-/// Tails from `from` (inclusive) into the spool until `done` or the migration is cancelled.
+/// Tails from `from` (inclusive) into the spool until `done` or the migration is cancelled. Never
+/// throttled nor paused: whatever the source writes is spooled. Entries of the task past `count_after`
+/// (the apply start point) are counted in `live.read` once spooled.
 pub(crate) async fn run_tailer(
     ctx: Arc<Ctx>,
     from: OpTime,
+    count_after: OpTime,
     writer: SpoolWriter,
     done: CancellationToken,
 ) {
@@ -65,13 +68,20 @@ pub(crate) async fn run_tailer(
             let docs = std::mem::take(&mut batch);
             bytes = 0;
             first_at = None;
+            let counted = docs
+                .iter()
+                .filter(|d| entry_ts(d).is_ok_and(|t| t > count_after) && ctx.filter.counts(d))
+                .count() as u64;
             let res = tokio::task::spawn_blocking(move || {
                 let r = w.append_blocking(&docs);
                 (w, r)
             })
             .await;
             match res {
-                Ok((w, Ok(()))) => writer = Some(w),
+                Ok((w, Ok(()))) => {
+                    ctx.live.read.fetch_add(counted, Ordering::SeqCst);
+                    writer = Some(w)
+                }
                 Ok((_, Err(e))) => {
                     ctx.fail(e);
                     break;
@@ -104,6 +114,8 @@ async fn read_oplog(
     let mut skip_first = false;
     let mut last_ok = Instant::now();
     let mut backoff = Duration::from_millis(100);
+    // Since when the tail has been failing (for the retry accounting).
+    let mut failing_since: Option<Instant> = None;
     loop {
         if ctx.cancel.is_cancelled() || done.is_cancelled() {
             return Ok(());
@@ -114,11 +126,17 @@ async fn read_oplog(
             // Progress was made: the retry budget and backoff start over.
             last_ok = Instant::now();
             backoff = Duration::from_millis(100);
+            if failing_since.take().is_some() {
+                ctx.retries.recovered(Side::Source);
+            }
         }
         match res {
             Ok(()) => {
                 // Dead cursor or shutdown: re-issue from the last seen entry.
                 last_ok = Instant::now();
+                if failing_since.take().is_some() {
+                    ctx.retries.recovered(Side::Source);
+                }
                 if ctx.cancel.is_cancelled() || done.is_cancelled() || tx.is_closed() {
                     return Ok(());
                 }
@@ -137,6 +155,12 @@ async fn read_oplog(
                 if mongo::is_transient(&e) && last_ok.elapsed() < ctx.retry_budget() =>
             {
                 tracing::warn!(error = %e, last = %last, "oplog tail interrupted, retrying");
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Ok(()),
+                    _ = done.cancelled() => return Ok(()),
+                    _ = ctx.retries.failed(Side::Source, since, ctx.retry_budget(), &e) => {}
+                }
             }
             Err(TailError::Mongo(e)) => {
                 let transient = mongo::is_transient(&e);
@@ -172,7 +196,7 @@ async fn rolled_back_or(ctx: &Ctx, last: OpTime, rolled_off: EngineError) -> Eng
             };
         }
     }
-    match crate::plan::oplog_edge(&ctx.src, &ctx.cancel, ctx.retry_budget(), false).await {
+    match crate::plan::oplog_edge(&ctx.src, ctx.policy(), false).await {
         Ok(Some(oldest)) if oldest < last => EngineError::SourceRolledBack {
             detail: format!(
                 "the entry at {last} is gone while older entries (from {oldest}) remain"
@@ -245,14 +269,30 @@ async fn tail_once(
 
 /// Polls the source every `MONITOR_EVERY`: its newest oplog `ts` (lag), its majority commit point (how
 /// far the applier may go, reference §8.5) and its rollback id (a change means writes were rolled back
-/// after a failover: the task fails, since entries it read may have been undone).
+/// after a failover: the task fails, since entries it read may have been undone); and every
+/// `OLDEST_EVERY` (first at start) its oldest oplog `ts` (the oplog headroom of the resume point).
 pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
     let mut warned = false;
+    let mut oldest_polled: Option<Instant> = None;
+    let policy = Policy {
+        cancel: &done,
+        ..ctx.policy()
+    };
     loop {
-        match crate::plan::oplog_edge(&ctx.src, &done, ctx.retry_budget(), true).await {
+        match crate::plan::oplog_edge(&ctx.src, policy, true).await {
             Ok(Some(t)) => ctx.live.source_newest.store(pack(t), Ordering::SeqCst),
             Ok(None) => return,
             Err(error) => tracing::debug!(%error, "cannot read the source's newest oplog entry"),
+        }
+        if oldest_polled.is_none_or(|t| t.elapsed() >= OLDEST_EVERY) {
+            oldest_polled = Some(Instant::now());
+            match crate::plan::oplog_edge(&ctx.src, policy, false).await {
+                Ok(Some(t)) => ctx.live.source_oldest.store(pack(t), Ordering::SeqCst),
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the source's oldest oplog entry")
+                }
+            }
         }
         // A refresh that read a majority point also checked the rollback id; otherwise check it here.
         match refresh_majority(&ctx).await {
@@ -276,6 +316,7 @@ pub(crate) async fn poll_newest(ctx: Arc<Ctx>, done: CancellationToken) {
 }
 
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
+const OLDEST_EVERY: Duration = Duration::from_secs(30);
 
 /// Reads the source's majority commit point into the context. `Some(true)`: read; `Some(false)`: the source
 /// reports none (everything read may be applied); `None`: the source did not answer (nothing changes).

@@ -307,20 +307,14 @@ impl<'a> Worker<'a> {
             .string("find", name)
             .doc("filter", &filter)
             .build();
-        let found = mongo::retry(
-            &self.ctx.cancel,
-            self.ctx.retry_budget(),
-            side,
-            "prefetch",
-            || async {
-                database
-                    .run_raw_cursor_command(cmd.clone())
-                    .await?
-                    .with_type::<RawDocumentBuf>()
-                    .try_collect::<Vec<RawDocumentBuf>>()
-                    .await
-            },
-        )
+        let found = mongo::retry(self.ctx.policy(), side, "prefetch", || async {
+            database
+                .run_raw_cursor_command(cmd.clone())
+                .await?
+                .with_type::<RawDocumentBuf>()
+                .try_collect::<Vec<RawDocumentBuf>>()
+                .await
+        })
         .await
         .map_err(|e| e.into_engine("find", ns))?
         .unwrap_or_default();

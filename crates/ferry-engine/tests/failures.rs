@@ -273,6 +273,20 @@ async fn write_changes(src: &Client, from: i32, n: i32) -> Result<()> {
     Ok(())
 }
 
+/// Exactly one `retry` note, for a long outage of `side`, naming the budget and no credentials.
+fn assert_one_retry_note(seen: &Seen, side: &str) -> String {
+    let notes: Vec<&(String, String)> = seen.notes.iter().filter(|(k, _)| k == "retry").collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let detail = &notes[0].1;
+    assert!(
+        detail.starts_with(&format!("{side} unreachable for "))
+            && detail.contains("retrying (budget 120 s): "),
+        "{detail}"
+    );
+    assert!(!detail.contains(PASSWORD), "{detail}");
+    detail.clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_second_destination_outage_during_copy_recovers() -> Result<()> {
     init_tracing();
@@ -319,10 +333,18 @@ async fn a_30_second_destination_outage_during_copy_recovers() -> Result<()> {
     stop.store(true, Ordering::SeqCst);
     let updates = writer.await??;
     run.control.request_complete();
+    let seen = run.seen.clone();
     let out = run.finish(Duration::from_secs(60)).await??;
     assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
     wait_reachable(&p.dst, Duration::from_secs(30)).await?;
     assert_equal(&p, &["app"]).await?;
+    // The operator heard of the outage once, without credentials; the retries were counted.
+    let note = assert_one_retry_note(&seen.lock().unwrap(), "destination");
+    let Outcome::Completed(done) = out else {
+        unreachable!()
+    };
+    assert!(done.progress.retries > 0);
+    println!("note: {note}; {} retries", done.progress.retries);
     println!(
         "a_30_second_destination_outage_during_copy_recovers: {updates} concurrent updates, {:.1}s",
         began.elapsed().as_secs_f64()
@@ -353,8 +375,11 @@ async fn a_30_second_source_outage_during_oplog_sync_recovers() -> Result<()> {
     wait_reachable(&p.src, Duration::from_secs(30)).await?;
     write_changes(&p.src, 200_000, 400).await?;
     run.control.request_complete();
+    let seen = run.seen.clone();
     let out = run.finish(Duration::from_secs(60)).await??;
     assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    let note = assert_one_retry_note(&seen.lock().unwrap(), "source");
+    println!("note: {note}");
     for id in [100_000, 100_399, 200_000, 200_399] {
         let found = p
             .dst

@@ -12,6 +12,7 @@
 
 mod audit;
 mod crypto;
+mod events;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub use crate::audit::AuditRecord;
 use crate::crypto::{Sealed, SecretBox, KEY_FILE, NEW_KEY_FILE};
+pub use crate::events::TaskEventRecord;
 
 /// Creates `path` for a secret: it must not exist yet, and only the owner may read it (mode 0600 on unix).
 pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
@@ -62,6 +64,12 @@ pub fn check_private_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn task_event_prefix(task: &TaskId) -> Vec<u8> {
+    let mut prefix = task.as_str().as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
+
 /// Version of the on-disk layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -72,6 +80,7 @@ const MISMATCHES: &str = "mismatches";
 const JOIN_TOKENS: &str = "join_tokens";
 const AGENT_CREDENTIALS: &str = "agent_credentials";
 const AUDIT: &str = "audit";
+const TASK_EVENTS: &str = "task_events";
 const META: &str = "meta";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -181,6 +190,8 @@ pub struct Store {
     agent_credentials: sled::Tree,
     /// Audit log: key the sequence number (u64 BE), value JSON of [`AuditRecord`].
     audit: sled::Tree,
+    /// Task histories: key `<task id> 0x00 <seq u64 BE>`, value JSON of [`TaskEventRecord`].
+    task_events: sled::Tree,
     secrets: SecretBox,
 }
 
@@ -227,6 +238,7 @@ impl Store {
             join_tokens: db.open_tree(JOIN_TOKENS)?,
             agent_credentials: db.open_tree(AGENT_CREDENTIALS)?,
             audit: db.open_tree(AUDIT)?,
+            task_events: db.open_tree(TASK_EVENTS)?,
             db,
             secrets,
         })
@@ -330,6 +342,12 @@ impl Store {
     pub fn delete_task(&self, id: &TaskId) -> Result<bool, StoreError> {
         let existed = self.tasks.remove(id.as_str())?.is_some();
         self.delete_mismatches(id)?;
+        let mut batch = sled::Batch::default();
+        for item in self.task_events.scan_prefix(task_event_prefix(id)) {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        self.task_events.apply_batch(batch)?;
         self.db.flush()?;
         Ok(existed)
     }
@@ -563,6 +581,61 @@ impl Store {
                     break;
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Appends events to a task's history, numbering them after its last one (not flushed: the task write that
+    /// follows, `put_task`, makes them durable with it). Returns the records as stored.
+    pub fn append_task_events(
+        &self,
+        task: &TaskId,
+        events: Vec<TaskEventRecord>,
+    ) -> Result<Vec<TaskEventRecord>, StoreError> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let prefix = task_event_prefix(task);
+        let next = match self.task_events.scan_prefix(&prefix).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                let tail: [u8; 8] = k[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("task event key of {task}")))?;
+                u64::from_be_bytes(tail) + 1
+            }
+            None => 1,
+        };
+        let mut stored = Vec::with_capacity(events.len());
+        let mut batch = sled::Batch::default();
+        for (seq, mut event) in (next..).zip(events) {
+            event.seq = seq;
+            let mut key = prefix.clone();
+            key.extend_from_slice(&event.seq.to_be_bytes());
+            batch.insert(key, serde_json::to_vec(&event)?);
+            stored.push(event);
+        }
+        self.task_events.apply_batch(batch)?;
+        Ok(stored)
+    }
+
+    /// Up to `limit` events of a task's history after `after_seq` (0: from the start), in order.
+    pub fn list_task_events(
+        &self,
+        task: &TaskId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<TaskEventRecord>, StoreError> {
+        let prefix = task_event_prefix(task);
+        let mut from = prefix.clone();
+        from.extend_from_slice(&after_seq.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.task_events.range(from..) {
+            let (k, raw) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(decode(&raw)?);
         }
         Ok(out)
     }

@@ -764,3 +764,52 @@ fn a_missing_key_file_is_not_silently_replaced_while_secrets_need_it() {
         .unwrap();
     assert!(Store::open(dir.path()).is_ok());
 }
+
+#[test]
+fn task_events_are_numbered_per_task_paged_in_order_and_deleted_with_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = Task::new(TaskId::generate(), spec("pw"), 1);
+    let b = Task::new(TaskId::generate(), spec("pw"), 1);
+    let event = |kind: &str| TaskEventRecord {
+        seq: 0,
+        time_ms: 1,
+        kind: kind.into(),
+        principal: "admin".into(),
+        detail: String::new(),
+        state: "RUNNING".into(),
+        phase: String::new(),
+        epoch: 1,
+    };
+    store.put_task(&a).unwrap();
+    store.put_task(&b).unwrap();
+    let first = store
+        .append_task_events(&a.id, vec![event("created"), event("state")])
+        .unwrap();
+    assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    store
+        .append_task_events(&b.id, vec![event("created")])
+        .unwrap();
+    let more = store
+        .append_task_events(&a.id, vec![event("phase")])
+        .unwrap();
+    assert_eq!(
+        more[0].seq, 3,
+        "numbering continues after the task's last event"
+    );
+    store.flush().unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let all = store.list_task_events(&a.id, 0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        vec!["created", "state", "phase"]
+    );
+    let page = store.list_task_events(&a.id, 1, 1).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].seq, 2);
+    assert_eq!(store.list_task_events(&b.id, 0, 100).unwrap().len(), 1);
+    store.delete_task(&a.id).unwrap();
+    assert!(store.list_task_events(&a.id, 0, 100).unwrap().is_empty());
+    assert_eq!(store.list_task_events(&b.id, 0, 100).unwrap().len(), 1);
+}

@@ -163,6 +163,8 @@ pub struct CoordinatorProcess {
     work: PathBuf,
     pub addr: SocketAddr,
     pub operator_token: String,
+    /// Where it serves `/metrics` (with `--metrics-listen` among the extra arguments).
+    pub metrics_addr: Option<SocketAddr>,
     options: CoordinatorOptions,
     child: Option<Child>,
     restarts: u32,
@@ -186,6 +188,7 @@ impl CoordinatorProcess {
             work: work.to_path_buf(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             operator_token: format!("op-{:016x}", rand::random::<u64>()),
+            metrics_addr: None,
             options,
             child: None,
             restarts: 0,
@@ -257,11 +260,13 @@ impl CoordinatorProcess {
             .kill_on_drop(true)
             .spawn()
             .context("starting ferry-coordinator")?;
-        self.addr = wait_listening(
+        let (addr, metrics) = wait_listening(
             &mut child,
             self.work.join(format!("coordinator-{}.out", self.restarts)),
         )
         .await?;
+        self.addr = addr;
+        self.metrics_addr = metrics;
         self.child = Some(child);
         Ok(())
     }
@@ -402,6 +407,33 @@ impl AgentProcess {
             .map(|e| e.agent_id)
     }
 
+    /// Where the running agent serves `/metrics` (with `--metrics-listen` among its arguments), waiting up to 30 s
+    /// for it to say so.
+    pub async fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        let out = self.work.join(format!("agent-{}.out", self.restarts));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(addr) = text
+                .lines()
+                .filter_map(|l| l.split("ferry-agent metrics on ").nth(1))
+                .next_back()
+            {
+                return addr
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad metrics address {addr:?}"));
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the agent did not print its metrics address within 30 s:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits up to `timeout` for the process to exit on its own; returns its status.
     pub async fn wait_exit(
         &mut self,
@@ -528,15 +560,27 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
 }
 
 /// Reads a child's stdout until "listening on ADDR", then keeps copying it to `log` until the child closes it.
-async fn wait_listening(child: &mut Child, log: PathBuf) -> anyhow::Result<SocketAddr> {
+async fn wait_listening(
+    child: &mut Child,
+    log: PathBuf,
+) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
     let stdout = child.stdout.take().context("stdout not captured")?;
     let mut lines = BufReader::new(stdout).lines();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut metrics = None;
     loop {
         let line = tokio::time::timeout_at(deadline, lines.next_line())
             .await
             .context("no 'listening on' line within 30 s")??
             .context("the process exited before listening (see its log)")?;
+        if let Some(addr) = line.split("metrics on ").nth(1) {
+            metrics = Some(
+                addr.trim()
+                    .parse()
+                    .with_context(|| format!("bad address in {line:?}"))?,
+            );
+            continue;
+        }
         if let Some(addr) = line.split("listening on ").nth(1) {
             let addr: SocketAddr = addr
                 .trim()
@@ -551,7 +595,7 @@ async fn wait_listening(child: &mut Child, log: PathBuf) -> anyhow::Result<Socke
                     let _ = file.write_all(format!("{line}\n").as_bytes()).await;
                 }
             });
-            return Ok(addr);
+            return Ok((addr, metrics));
         }
     }
 }

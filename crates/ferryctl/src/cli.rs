@@ -42,7 +42,7 @@ pub struct Cli {
 pub enum Output {
     /// Aligned columns for humans.
     Table,
-    /// JSON for scripts (one document; `watch` prints one per line).
+    /// JSON for scripts (one document; `task watch` and `task events` print one per line).
     Json,
 }
 
@@ -195,7 +195,9 @@ pub struct CreateTask {
 pub enum TaskCommand {
     /// Create a task.
     Create(CreateTask),
-    /// Show a task.
+    /// Show a task: spec, state (PAUSED when paused), throttle, progress with ETAs, lag, spool and oplog
+    /// headroom, checks.
+    #[command(visible_alias = "show")]
     Get { task_id: String },
     /// List tasks.
     List(ListTasks),
@@ -254,6 +256,162 @@ pub enum TaskCommand {
     Watch { task_id: String },
     /// List the source's databases and sizes (asks the task's agent).
     Databases { task_id: String },
+    /// Limit the copy and the apply of a task (takes effect within 2 seconds, kept across restarts). A flag not
+    /// given keeps the task's current limit; 0 means unlimited for that limit; `--unlimited` clears them all.
+    Throttle(ThrottleArgs),
+    /// Pause copy and apply of a RUNNING task: the source sees at most the oplog tail, the oplog keeps spooling
+    /// (watch the spool and the oplog headroom in `task get`). Resume before `task complete`; `task stop` works
+    /// paused.
+    Pause {
+        /// Task id, e.g. task-7f3a9c2d1e4b.
+        task_id: String,
+    },
+    /// Resume copy and apply of a paused task.
+    Resume {
+        /// Task id, e.g. task-7f3a9c2d1e4b.
+        task_id: String,
+    },
+    /// The task's history, oldest first: state and phase changes, checks, operator actions with their principal,
+    /// assignments with their epoch, agent disconnects, retries, failures, throttles, pauses. One line per event
+    /// (`-o json`: one JSON object per line).
+    Events {
+        /// Task id, e.g. task-7f3a9c2d1e4b.
+        task_id: String,
+        /// After the last event, keep polling every second for new ones until the task is SUCCEEDED or FAILED
+        /// (or you interrupt with Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many events (default: all).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
+}
+
+/// `task throttle` flags. At least one is required; `--unlimited` excludes the others.
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("limits")
+        .required(true)
+        .multiple(true)
+        .args([
+            "copy_documents_per_second",
+            "copy_bytes_per_second",
+            "apply_entries_per_second",
+            "apply_bytes_per_second",
+            "unlimited",
+        ])
+))]
+pub struct ThrottleArgs {
+    /// Task id, e.g. task-7f3a9c2d1e4b.
+    pub task_id: String,
+    /// Copy at most N documents per second (0 = unlimited).
+    #[arg(
+        long = "copy-docs-per-second",
+        value_name = "N",
+        value_parser = parse_per_second,
+        allow_negative_numbers = true
+    )]
+    pub copy_documents_per_second: Option<u64>,
+    /// Copy at most M megabytes per second (1 MB = 1,000,000 bytes; decimals such as 0.5 allowed; 0 = unlimited).
+    // Held here in bytes per second.
+    #[arg(
+        long = "copy-mb-per-second",
+        value_name = "M",
+        value_parser = parse_mb_per_second,
+        allow_negative_numbers = true
+    )]
+    pub copy_bytes_per_second: Option<u64>,
+    /// Apply at most N oplog entries per second (0 = unlimited).
+    #[arg(
+        long = "apply-entries-per-second",
+        value_name = "N",
+        value_parser = parse_per_second,
+        allow_negative_numbers = true
+    )]
+    pub apply_entries_per_second: Option<u64>,
+    /// Apply at most M megabytes of oplog per second (1 MB = 1,000,000 bytes; decimals allowed; 0 = unlimited).
+    // Held here in bytes per second.
+    #[arg(
+        long = "apply-mb-per-second",
+        value_name = "M",
+        value_parser = parse_mb_per_second,
+        allow_negative_numbers = true
+    )]
+    pub apply_bytes_per_second: Option<u64>,
+    /// Remove every limit (copy and apply run at full speed).
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "copy_documents_per_second",
+            "copy_bytes_per_second",
+            "apply_entries_per_second",
+            "apply_bytes_per_second",
+        ]
+    )]
+    pub unlimited: bool,
+}
+
+/// Bytes in the megabyte of the `--*-mb-per-second` flags (decimal, as network rates are quoted).
+pub const BYTES_PER_MB: u64 = 1_000_000;
+
+/// `--copy-docs-per-second` / `--apply-entries-per-second`: a whole number, 0 meaning unlimited.
+pub fn parse_per_second(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative: give a rate of 0 or more per second (0 = unlimited)"
+        ));
+    }
+    if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} is not a whole number per second: use e.g. 1000 (0 = unlimited)"
+        ));
+    }
+    trimmed
+        .parse::<u64>()
+        .map_err(|_| format!("{text:?} is too large: at most {} per second", u64::MAX))
+}
+
+/// `--copy-mb-per-second` / `--apply-mb-per-second`: megabytes per second (1 MB = 1,000,000 bytes), decimals
+/// allowed down to one byte (`0.5` = 500000), 0 meaning unlimited; returns bytes per second. Parsed exactly
+/// (no floating point), so `1.1` is 1100000 bytes.
+pub fn parse_mb_per_second(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative: give 0 or more MB per second (0 = unlimited)"
+        ));
+    }
+    let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+        return Err(format!(
+            "{text:?} is not a number of MB per second: use e.g. 50 or 0.5 (1 MB = 1000000 bytes; 0 = unlimited)"
+        ));
+    }
+    // Six decimals are whole bytes; further digits must be zeros.
+    let (kept, rest) = fraction.split_at(fraction.len().min(6));
+    if rest.bytes().any(|b| b != b'0') {
+        return Err(format!(
+            "{text:?} is finer than one byte per second: use at most 6 decimals (1 MB = 1000000 bytes)"
+        ));
+    }
+    let too_large = || format!("{text:?} is too large: at most 18446744073709 MB per second");
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let fraction_bytes: u64 = if kept.is_empty() {
+        0
+    } else {
+        // e.g. "5" -> 500000, "25" -> 250000.
+        format!("{kept:0<6}").parse().map_err(|_| too_large())?
+    };
+    whole
+        .checked_mul(BYTES_PER_MB)
+        .and_then(|b| b.checked_add(fraction_bytes))
+        .ok_or_else(too_large)
 }
 
 /// Verifier mode.

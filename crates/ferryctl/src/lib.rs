@@ -1,5 +1,7 @@
 //! ferryctl: the operator CLI over `ferry.v1.MigrationService` (instances, tasks, agents and their join tokens,
-//! the audit log, the calling principal), with table or JSON output and a live `task watch`.
+//! the audit log, the calling principal), with table or JSON output and a live `task watch`. Running tasks can be
+//! throttled (`task throttle`), paused and resumed (`task pause` / `task resume`), and their history listed or
+//! followed (`task events [--follow]`, one line or JSON object per event).
 //!
 //! Owns argument handling, calls and rendering. It uses only the public contract (`ferry-proto`), never coordinator
 //! internals, and never prints a password or the operator token. The one secret it shows is a new join token, and
@@ -24,21 +26,29 @@ use ferry_proto::v1::{
     CheckTaskRequest, CompleteTaskRequest, CreateJoinTokenRequest, CreateTaskRequest,
     DeleteInstanceRequest, DeleteTaskRequest, GetTaskRequest, Instance, JoinToken,
     ListAgentsRequest, ListAuditEventsRequest, ListInstancesRequest, ListMismatchesRequest,
-    ListSourceDatabasesRequest, ListTasksRequest, RegisterInstanceRequest, RevokeAgentRequest,
-    StartTaskRequest, StopTaskRequest, Task, TaskKind, TaskSpec, TaskState, UpdateTaskRequest,
-    VerificationState, VerifyMode, VerifyTaskRequest, WatchTaskRequest, WhoAmIRequest,
+    ListSourceDatabasesRequest, ListTaskEventsRequest, ListTasksRequest, PauseTaskRequest,
+    RegisterInstanceRequest, ResumeTaskRequest, RevokeAgentRequest, SetTaskThrottleRequest,
+    StartTaskRequest, StopTaskRequest, Task, TaskEvent, TaskKind, TaskSpec, TaskState, Throttle,
+    UpdateTaskRequest, VerificationState, VerifyMode, VerifyTaskRequest, WatchTaskRequest,
+    WhoAmIRequest,
 };
 use serde_json::json;
 
 use crate::cli::{
     AgentCommand, AuditCommand, Cli, Command, CreateJoinToken, InstanceCommand, JoinTokenCommand,
-    Kind, ListAudit, Output, SpecArgs, StateFilter, TaskCommand,
+    Kind, ListAudit, Output, SpecArgs, StateFilter, TaskCommand, ThrottleArgs,
 };
 use crate::client::Client;
 use crate::token_file::TokenFile;
 
 /// Page size of `audit list` (the most the coordinator serves per page).
 const AUDIT_PAGE_SIZE: u64 = 1000;
+
+/// Page size of `task events` (the most the coordinator serves per page).
+const EVENTS_PAGE_SIZE: u64 = 1000;
+
+/// How often `task events --follow` asks for new events.
+const EVENTS_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Errors of ferryctl, each with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -393,8 +403,109 @@ impl Ctl {
                     Output::Table => print!("{}", output::databases_table(&response.databases)),
                 }
             }
+            TaskCommand::Throttle(args) => self.throttle(args).await?,
+            TaskCommand::Pause { task_id } => {
+                let task = self
+                    .client()
+                    .await?
+                    .pause_task(PauseTaskRequest { task_id })
+                    .await?
+                    .into_inner();
+                self.print_pause(&task, true);
+            }
+            TaskCommand::Resume { task_id } => {
+                let task = self
+                    .client()
+                    .await?
+                    .resume_task(ResumeTaskRequest { task_id })
+                    .await?
+                    .into_inner();
+                self.print_pause(&task, false);
+            }
+            TaskCommand::Events {
+                task_id,
+                follow,
+                limit,
+            } => self.task_events(task_id, follow, limit).await?,
         }
         Ok(())
+    }
+
+    /// After PauseTask (`pause`) or ResumeTask: the task's state and `paused` / `resumed` (JSON: the task).
+    fn print_pause(&self, task: &Task, pause: bool) {
+        match self.output {
+            Output::Json => self.print_json(output::task_json(task)),
+            Output::Table => println!("{}", output::pause_line(task, pause)),
+        }
+    }
+
+    /// SetTaskThrottle with the flags merged into the task's current throttle (GetTask first, unless
+    /// `--unlimited`), then the throttle in words. The API has no compare-and-set: a change another operator makes
+    /// between the two calls is overwritten.
+    async fn throttle(&mut self, args: ThrottleArgs) -> Result<(), CtlError> {
+        let mut client = self.client().await?;
+        let current = if args.unlimited {
+            None
+        } else {
+            client
+                .get_task(GetTaskRequest {
+                    task_id: args.task_id.clone(),
+                })
+                .await?
+                .into_inner()
+                .throttle
+        };
+        let throttle = merge_throttle(current, &args);
+        let task = client
+            .set_task_throttle(SetTaskThrottleRequest {
+                task_id: args.task_id,
+                throttle: Some(throttle),
+            })
+            .await?
+            .into_inner();
+        match self.output {
+            Output::Json => self.print_json(output::task_json(&task)),
+            Output::Table => println!("{}", output::throttle_line(&task)),
+        }
+        Ok(())
+    }
+
+    /// ListTaskEvents page by page (oldest first), one line (JSON: one object) per event as each page arrives,
+    /// up to `limit`. With `follow`, then polls every second for newer events until the task is SUCCEEDED or
+    /// FAILED (its remaining events are printed first) or the user interrupts (exit 0 either way).
+    async fn task_events(
+        &mut self,
+        task_id: String,
+        follow: bool,
+        limit: Option<u64>,
+    ) -> Result<(), CtlError> {
+        let mut client = self.client().await?;
+        let mut cursor = EventCursor::new(limit);
+        let output = self.output;
+        if !follow {
+            drain_events(&mut client, &task_id, &mut cursor, output).await?;
+            return Ok(());
+        }
+        let follow_loop = async {
+            loop {
+                // The state is read before the events, so once it is final every event up to it is listed.
+                let task = client
+                    .get_task(GetTaskRequest {
+                        task_id: task_id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                let open = drain_events(&mut client, &task_id, &mut cursor, output).await?;
+                if !open || cursor.limit_reached() || is_final(task.state) {
+                    return Ok(());
+                }
+                tokio::time::sleep(EVENTS_POLL_INTERVAL).await;
+            }
+        };
+        tokio::select! {
+            result = follow_loop => result,
+            () = interrupted() => Ok(()),
+        }
     }
 
     /// VerifyTask, then (with `wait`) the verdict: a progress bar on a terminal, the per-collection table at the
@@ -535,12 +646,7 @@ impl Ctl {
         let mut last: Option<Task> = None;
         let mut last_line = String::new();
         while let Some(task) = stream.message().await? {
-            let line = format!(
-                "{} {} {}",
-                output::state_name(task.state),
-                output::phase_name(task.phase),
-                output::progress_summary(&task)
-            );
+            let line = output::watch_line(&task);
             if live {
                 match (&bar, self.output) {
                     (_, Output::Json) => {
@@ -818,6 +924,146 @@ fn print_next_page(token: &str) {
     if !token.is_empty() {
         println!("(more: --page-token {})", output::escape(token));
     }
+}
+
+/// Whether `task events --follow` stops: the task SUCCEEDED or FAILED.
+fn is_final(state: i32) -> bool {
+    matches!(
+        TaskState::try_from(state),
+        Ok(TaskState::Succeeded | TaskState::Failed)
+    )
+}
+
+/// Resolves when the user presses Ctrl-C (never, if the signal cannot be listened to).
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The throttle to send: all zeros with `--unlimited`; otherwise `current` (absent = unlimited) with every limit
+/// that was given replacing its value (0 = unlimited for that limit).
+fn merge_throttle(current: Option<Throttle>, args: &ThrottleArgs) -> Throttle {
+    if args.unlimited {
+        return Throttle::default();
+    }
+    let mut throttle = current.unwrap_or_default();
+    if let Some(v) = args.copy_documents_per_second {
+        throttle.copy_documents_per_second = v;
+    }
+    if let Some(v) = args.copy_bytes_per_second {
+        throttle.copy_bytes_per_second = v;
+    }
+    if let Some(v) = args.apply_entries_per_second {
+        throttle.apply_entries_per_second = v;
+    }
+    if let Some(v) = args.apply_bytes_per_second {
+        throttle.apply_bytes_per_second = v;
+    }
+    throttle
+}
+
+/// Where `task events` is: the next page token, the newest seq shown and how many events were shown.
+#[derive(Debug)]
+struct EventCursor {
+    page_token: String,
+    last_seq: Option<u64>,
+    shown: u64,
+    limit: Option<u64>,
+}
+
+impl EventCursor {
+    fn new(limit: Option<u64>) -> Self {
+        Self {
+            page_token: String::new(),
+            last_seq: None,
+            shown: 0,
+            limit,
+        }
+    }
+
+    /// Whether `--limit` events were shown.
+    fn limit_reached(&self) -> bool {
+        self.limit.is_some_and(|limit| self.shown >= limit)
+    }
+
+    /// The page size to ask for: 1000, or fewer when the limit is near.
+    fn page_size(&self) -> i32 {
+        let wanted = self
+            .limit
+            .map_or(EVENTS_PAGE_SIZE, |limit| limit.saturating_sub(self.shown))
+            .clamp(1, EVENTS_PAGE_SIZE);
+        i32::try_from(wanted).unwrap_or(1000)
+    }
+
+    /// The events of a page not shown yet (seq after the newest shown; a page repeated by the server adds nothing),
+    /// up to the limit; counts them as shown.
+    fn take(&mut self, events: Vec<TaskEvent>) -> Vec<TaskEvent> {
+        let mut fresh = Vec::new();
+        for event in events {
+            if self.limit_reached() {
+                break;
+            }
+            if self.last_seq.is_some_and(|last| event.seq <= last) {
+                continue;
+            }
+            self.last_seq = Some(event.seq);
+            self.shown += 1;
+            fresh.push(event);
+        }
+        fresh
+    }
+
+    /// Moves to the next page; `false` at the end (no next page token, or a page without new events), where the
+    /// next poll starts after the newest seq shown (the API's page token is the last seq seen).
+    fn advance(&mut self, next_page_token: String, got_new: bool) -> bool {
+        if next_page_token.is_empty() || !got_new {
+            self.page_token = self
+                .last_seq
+                .map_or_else(|| self.page_token.clone(), |seq| seq.to_string());
+            return false;
+        }
+        self.page_token = next_page_token;
+        true
+    }
+}
+
+/// Lists and prints every event after `cursor` (until the last page or the limit); `false` when stdout was
+/// closed (e.g. `| head`), so the caller stops quietly.
+async fn drain_events(
+    client: &mut Client,
+    task_id: &str,
+    cursor: &mut EventCursor,
+    output: Output,
+) -> Result<bool, CtlError> {
+    while !cursor.limit_reached() {
+        let response = client
+            .list_task_events(ListTaskEventsRequest {
+                task_id: task_id.to_owned(),
+                page_size: cursor.page_size(),
+                page_token: cursor.page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        let events = cursor.take(response.events);
+        let mut text = String::new();
+        for event in &events {
+            match output {
+                Output::Json => {
+                    text.push_str(&output::json_text(&output::task_event_json(event), false))
+                }
+                Output::Table => text.push_str(&output::task_event_line(event)),
+            }
+            text.push('\n');
+        }
+        if !write_stdout(&text)? {
+            return Ok(false);
+        }
+        if !cursor.advance(response.next_page_token, !events.is_empty()) {
+            break;
+        }
+    }
+    Ok(true)
 }
 
 /// Whether the task is doing something (watch continues).
@@ -1268,6 +1514,258 @@ mod tests {
         assert!(line.contains("\\nFAKE LINE"), "{line}");
         let status = CtlError::Status(tonic::Status::not_found("no\rtask"));
         assert!(!error_line(&status).contains('\r'));
+    }
+
+    fn throttle_args(args: &[&str]) -> Result<ThrottleArgs, clap::Error> {
+        let mut all = vec!["task", "throttle", "task-1"];
+        all.extend_from_slice(args);
+        match parse(&all)?.command {
+            Command::Task(TaskCommand::Throttle(args)) => Ok(args),
+            other => panic!("parsed into {other:?}"),
+        }
+    }
+
+    fn current_throttle() -> Throttle {
+        Throttle {
+            copy_documents_per_second: 5000,
+            copy_bytes_per_second: 20_000_000,
+            apply_entries_per_second: 800,
+            apply_bytes_per_second: 3_000_000,
+        }
+    }
+
+    #[test]
+    fn throttle_parses_rates_and_megabytes() {
+        let args = throttle_args(&[
+            "--copy-docs-per-second",
+            "1000",
+            "--copy-mb-per-second",
+            "0.5",
+            "--apply-entries-per-second",
+            "0",
+            "--apply-mb-per-second",
+            "12",
+        ])
+        .unwrap();
+        assert_eq!(args.task_id, "task-1");
+        assert_eq!(args.copy_documents_per_second, Some(1000));
+        assert_eq!(args.copy_bytes_per_second, Some(500_000));
+        assert_eq!(args.apply_entries_per_second, Some(0));
+        assert_eq!(args.apply_bytes_per_second, Some(12_000_000));
+        assert!(!args.unlimited);
+        for (text, bytes) in [
+            ("1.1", 1_100_000),
+            (".25", 250_000),
+            ("3.", 3_000_000),
+            ("0.000001", 1),
+            ("2.5000000", 2_500_000),
+            ("0", 0),
+            ("18446744073709", 18_446_744_073_709_000_000),
+        ] {
+            assert_eq!(cli::parse_mb_per_second(text), Ok(bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn throttle_merges_given_flags_into_the_current_throttle() {
+        let args = throttle_args(&["--copy-docs-per-second", "1000"]).unwrap();
+        let merged = merge_throttle(Some(current_throttle()), &args);
+        assert_eq!(
+            merged,
+            Throttle {
+                copy_documents_per_second: 1000,
+                ..current_throttle()
+            }
+        );
+        // 0 lifts one limit and keeps the others.
+        let args = throttle_args(&["--apply-mb-per-second", "0"]).unwrap();
+        let merged = merge_throttle(Some(current_throttle()), &args);
+        assert_eq!(merged.apply_bytes_per_second, 0);
+        assert_eq!(merged.apply_entries_per_second, 800);
+        assert_eq!(merged.copy_bytes_per_second, 20_000_000);
+        // A task without a throttle is unlimited.
+        let args = throttle_args(&["--copy-mb-per-second", "50"]).unwrap();
+        assert_eq!(
+            merge_throttle(None, &args),
+            Throttle {
+                copy_bytes_per_second: 50_000_000,
+                ..Throttle::default()
+            }
+        );
+    }
+
+    #[test]
+    fn throttle_unlimited_clears_everything_and_excludes_the_other_flags() {
+        let args = throttle_args(&["--unlimited"]).unwrap();
+        assert!(args.unlimited);
+        assert_eq!(
+            merge_throttle(Some(current_throttle()), &args),
+            Throttle::default()
+        );
+        for other in [
+            "--copy-docs-per-second",
+            "--copy-mb-per-second",
+            "--apply-entries-per-second",
+            "--apply-mb-per-second",
+        ] {
+            let error = throttle_args(&["--unlimited", other, "5"]).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            let text = error.to_string();
+            assert!(
+                text.contains("--unlimited") && text.contains(other),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn throttle_needs_a_task_and_at_least_one_flag() {
+        let error = throttle_args(&[]).unwrap_err();
+        assert_eq!(error.exit_code(), 2, "a usage error");
+        let text = error.to_string();
+        assert!(
+            text.contains("required") && text.contains("--unlimited"),
+            "{text}"
+        );
+        assert!(parse(&["task", "throttle", "--unlimited"]).is_err());
+    }
+
+    #[test]
+    fn throttle_values_are_checked_with_a_clear_error() {
+        for (flag, value, why) in [
+            ("--copy-docs-per-second", "-5", "negative"),
+            ("--copy-docs-per-second", "1.5", "whole number"),
+            ("--apply-entries-per-second", "fast", "whole number"),
+            (
+                "--apply-entries-per-second",
+                "99999999999999999999",
+                "too large",
+            ),
+            ("--copy-mb-per-second", "-1", "negative"),
+            ("--copy-mb-per-second", "abc", "not a number of MB"),
+            ("--apply-mb-per-second", "1e3", "not a number of MB"),
+            ("--apply-mb-per-second", ".", "not a number of MB"),
+            ("--apply-mb-per-second", "", "not a number of MB"),
+            ("--copy-mb-per-second", "0.0000001", "at most 6 decimals"),
+            ("--copy-mb-per-second", "18446744073710", "too large"),
+        ] {
+            let error = throttle_args(&[flag, value]).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            let text = error.to_string();
+            assert!(
+                text.contains(flag) && text.contains(value) && text.contains(why),
+                "{flag} {value:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn pause_resume_and_events_parse() {
+        let Command::Task(TaskCommand::Pause { task_id }) =
+            parse(&["task", "pause", "task-1"]).unwrap().command
+        else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(task_id, "task-1");
+        let Command::Task(TaskCommand::Resume { task_id }) =
+            parse(&["task", "resume", "task-2"]).unwrap().command
+        else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(task_id, "task-2");
+        assert!(parse(&["task", "pause"]).is_err());
+        let Command::Task(TaskCommand::Events {
+            task_id,
+            follow,
+            limit,
+        }) = parse(&["task", "events", "task-3", "--follow", "--limit", "20"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed into another command");
+        };
+        assert_eq!(
+            (task_id.as_str(), follow, limit),
+            ("task-3", true, Some(20))
+        );
+        let Command::Task(TaskCommand::Events { follow, limit, .. }) =
+            parse(&["task", "events", "task-3"]).unwrap().command
+        else {
+            panic!("parsed into another command");
+        };
+        assert!(!follow && limit.is_none());
+        assert!(parse(&["task", "events", "task-3", "--limit", "0"]).is_err());
+        assert!(matches!(
+            parse(&["task", "show", "task-1"]).unwrap().command,
+            Command::Task(TaskCommand::Get { .. })
+        ));
+    }
+
+    fn event(seq: u64) -> TaskEvent {
+        TaskEvent {
+            seq,
+            kind: "state".to_owned(),
+            ..TaskEvent::default()
+        }
+    }
+
+    #[test]
+    fn the_event_cursor_pages_then_polls_after_the_last_seq() {
+        let mut cursor = EventCursor::new(None);
+        assert_eq!(cursor.page_size(), 1000);
+        assert_eq!(cursor.page_token, "");
+        let page = cursor.take(vec![event(1), event(2)]);
+        assert_eq!(page.len(), 2);
+        assert!(cursor.advance("2".to_owned(), true), "more pages");
+        assert_eq!(cursor.page_token, "2");
+        // The last page: the next poll starts after seq 3.
+        let page = cursor.take(vec![event(3)]);
+        assert_eq!(page.len(), 1);
+        assert!(!cursor.advance(String::new(), true));
+        assert_eq!(cursor.page_token, "3");
+        // Events already shown are not shown again; a page without new ones ends the round.
+        let page = cursor.take(vec![event(2), event(3)]);
+        assert!(page.is_empty());
+        assert!(!cursor.advance("3".to_owned(), false));
+        assert_eq!(cursor.page_token, "3");
+        let page = cursor.take(vec![event(3), event(4)]);
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+        assert_eq!(cursor.shown, 4);
+        // No events at all: keep asking from the start.
+        let mut empty = EventCursor::new(None);
+        assert!(empty.take(Vec::new()).is_empty());
+        assert!(!empty.advance(String::new(), false));
+        assert_eq!(empty.page_token, "");
+    }
+
+    #[test]
+    fn the_event_cursor_stops_at_the_limit() {
+        let mut cursor = EventCursor::new(Some(3));
+        assert_eq!(cursor.page_size(), 3);
+        let page = cursor.take(vec![event(1), event(2)]);
+        assert_eq!(page.len(), 2);
+        assert_eq!(cursor.page_size(), 1);
+        assert!(!cursor.limit_reached());
+        let page = cursor.take(vec![event(3), event(4), event(5)]);
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+        assert!(cursor.limit_reached());
+        let big = EventCursor::new(Some(5000));
+        assert_eq!(big.page_size(), 1000);
+    }
+
+    #[test]
+    fn follow_stops_only_at_succeeded_or_failed() {
+        assert!(is_final(TaskState::Succeeded as i32));
+        assert!(is_final(TaskState::Failed as i32));
+        for state in [
+            TaskState::Running,
+            TaskState::Completing,
+            TaskState::Stopping,
+            TaskState::CheckFailed,
+            TaskState::NotStarted,
+        ] {
+            assert!(!is_final(state as i32), "{state:?}");
+        }
     }
 
     #[test]

@@ -11,9 +11,10 @@
 use std::time::SystemTime;
 
 use ferry_proto::v1::{
-    Agent, AuditEvent, CheckItem, CheckStatus, Checkpoint, Instance, JoinToken, Mismatch,
-    MismatchKind, OplogTimestamp, Principal, Progress, SourceDatabase, Task, TaskKind, TaskPhase,
-    TaskSpec, TaskState, Verification, VerificationState, VerifyMode,
+    Agent, AuditEvent, CheckItem, CheckStatus, Checkpoint, CollectionProgress, Instance, JoinToken,
+    Mismatch, MismatchKind, OplogTimestamp, Principal, Progress, SourceDatabase, Task, TaskEvent,
+    TaskKind, TaskPhase, TaskSpec, TaskState, Throttle, Verification, VerificationState,
+    VerifyMode,
 };
 use serde_json::{json, Value};
 
@@ -160,11 +161,13 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// One-line summary of a task's progress.
+/// One-line summary of a task's progress (task list, `task watch` lines): copy percentage, documents, copy rate and
+/// ETA; indexes; applied entries, lag, catch-up ETA and spool usage.
 pub fn progress_summary(task: &Task) -> String {
     let Some(progress) = &task.progress else {
         return String::new();
     };
+    let phase = effective_phase(task, progress);
     let mut parts = Vec::new();
     if let Some(f) = fraction(progress) {
         parts.push(format!("{:.1}%", f * 100.0));
@@ -174,6 +177,9 @@ pub fn progress_summary(task: &Task) -> String {
             "{}/{} docs",
             progress.documents_copied, progress.documents_estimated
         ));
+    }
+    if phase == TaskPhase::DataSync && progress.documents_per_second > 0.0 {
+        parts.push(format!("{} docs/s", rate(progress.documents_per_second)));
     }
     if progress.indexes_total > 0 {
         parts.push(format!(
@@ -187,10 +193,499 @@ pub fn progress_summary(task: &Task) -> String {
             progress.oplog_entries_applied, progress.lag_seconds
         ));
     }
-    if progress.eta_seconds > 0 {
-        parts.push(format!("eta {}s", progress.eta_seconds));
+    let activity = Activity::of(task);
+    if phase == TaskPhase::OplogSync && activity != Activity::Ended {
+        parts.push(format!(
+            "catch-up {}",
+            catch_up_text(progress, activity, phase)
+        ));
+    }
+    if progress.spool_cap_bytes > 0 {
+        parts.push(format!(
+            "spool {}%",
+            percent(progress.spool_bytes, progress.spool_cap_bytes)
+        ));
+    }
+    if phase == TaskPhase::DataSync && progress.eta_seconds > 0 {
+        parts.push(format!("ETA {}", eta_text(progress.eta_seconds)));
     }
     parts.join(", ")
+}
+
+/// The task's state, followed by `PAUSED` when copy and apply are paused: `RUNNING PAUSED`.
+pub fn state_text(task: &Task) -> String {
+    if task.paused || task.progress.as_ref().is_some_and(|p| p.paused) {
+        format!("{} PAUSED", state_name(task.state))
+    } else {
+        state_name(task.state)
+    }
+}
+
+/// The line `task watch` prints per change (without a terminal): state (with PAUSED), phase, progress summary.
+pub fn watch_line(task: &Task) -> String {
+    format!(
+        "{} {} {}",
+        state_text(task),
+        phase_name(task.phase),
+        progress_summary(task)
+    )
+}
+
+/// The phase the progress describes: its own, or the task's when the progress does not say.
+fn effective_phase(task: &Task, progress: &Progress) -> TaskPhase {
+    let phase = if progress.phase == TaskPhase::Unspecified as i32 {
+        task.phase
+    } else {
+        progress.phase
+    };
+    TaskPhase::try_from(phase).unwrap_or(TaskPhase::Unspecified)
+}
+
+/// A duration in at most two units, largest first: `45s`, `3m 20s`, `2h 5m`, `3d 4h`; `0s` for zero.
+pub fn duration_text(seconds: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = seconds;
+    for (size, unit) in UNITS {
+        let count = rest / size;
+        rest %= size;
+        if count > 0 || !parts.is_empty() {
+            parts.push((count, unit));
+        }
+    }
+    let shown: Vec<String> = parts
+        .iter()
+        .take(2)
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, unit)| format!("{count}{unit}"))
+        .collect();
+    if shown.is_empty() {
+        "0s".to_owned()
+    } else {
+        shown.join(" ")
+    }
+}
+
+/// An ETA in seconds as [`duration_text`]; `unknown` when negative (the API's -1).
+pub fn eta_text(seconds: i64) -> String {
+    u64::try_from(seconds).map_or_else(|_| "unknown".to_owned(), duration_text)
+}
+
+/// A rate: one decimal below 100 per second, whole numbers above.
+fn rate(per_second: f64) -> String {
+    if !per_second.is_finite() || per_second <= 0.0 {
+        "0".to_owned()
+    } else if per_second < 100.0 {
+        format!("{per_second:.1}")
+    } else {
+        format!("{per_second:.0}")
+    }
+}
+
+/// `part` as a whole percentage of `whole` (rounded down, so 100% means full); 0 when `whole` is 0.
+fn percent(part: u64, whole: u64) -> u128 {
+    if whole == 0 {
+        0
+    } else {
+        u128::from(part) * 100 / u128::from(whole)
+    }
+}
+
+/// What copy and apply of a task are doing, which decides how a missing ETA reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activity {
+    /// Running (or not known to have stopped).
+    Running,
+    /// Paused by `task pause`.
+    Paused,
+    /// The task SUCCEEDED, FAILED or is STOPPING: its progress is the last one reported.
+    Ended,
+}
+
+impl Activity {
+    /// The task's activity: ended (SUCCEEDED, FAILED, STOPPING), else paused (task or progress says so), else
+    /// running.
+    pub fn of(task: &Task) -> Self {
+        let ended = matches!(
+            TaskState::try_from(task.state),
+            Ok(TaskState::Succeeded | TaskState::Failed | TaskState::Stopping)
+        );
+        if ended {
+            Activity::Ended
+        } else if task.paused || task.progress.as_ref().is_some_and(|p| p.paused) {
+            Activity::Paused
+        } else {
+            Activity::Running
+        }
+    }
+
+    /// The activity a bare [`Progress`] reports (its `paused` flag).
+    pub fn of_progress(progress: &Progress) -> Self {
+        if progress.paused {
+            Activity::Paused
+        } else {
+            Activity::Running
+        }
+    }
+}
+
+/// Catch-up ETA of the oplog apply: `caught up`, a duration, or when the server has none (-1) `paused`,
+/// `not converging` (running in OPLOG_SYNC, the source writes at least as fast as the apply) or `unknown`.
+pub fn catch_up_text(progress: &Progress, activity: Activity, phase: TaskPhase) -> String {
+    let eta = progress.catch_up_eta_seconds;
+    if eta > 0 {
+        return eta_text(eta);
+    }
+    if eta == 0 && (progress.converging || progress.lag_seconds < 1.0) {
+        return "caught up".to_owned();
+    }
+    match activity {
+        Activity::Paused => "paused".to_owned(),
+        Activity::Running if phase == TaskPhase::OplogSync && !progress.converging => {
+            "not converging".to_owned()
+        }
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// Spool usage: `850 B of 1000 B (85%)`, then `; full in 5m` when it grows (`spool_full_eta_seconds` >= 0).
+pub fn spool_text(progress: &Progress) -> String {
+    let mut text = if progress.spool_cap_bytes > 0 {
+        format!(
+            "{} of {} ({}%)",
+            bytes(progress.spool_bytes),
+            bytes(progress.spool_cap_bytes),
+            percent(progress.spool_bytes, progress.spool_cap_bytes)
+        )
+    } else {
+        bytes(progress.spool_bytes)
+    };
+    if progress.spool_full_eta_seconds >= 0 {
+        text.push_str(&format!(
+            "; full in {} (a full spool fails the task)",
+            eta_text(progress.spool_full_eta_seconds)
+        ));
+    }
+    text
+}
+
+/// How long the source's oplog keeps the task's resume point (`oplog_headroom_seconds`), or `unknown` for -1.
+pub fn headroom_text(seconds: i64) -> String {
+    if seconds < 0 {
+        "unknown".to_owned()
+    } else {
+        format!(
+            "source oplog keeps the resume point for {}",
+            eta_text(seconds)
+        )
+    }
+}
+
+/// Megabytes (1 MB = 1,000,000 bytes) without trailing zeros: `0.5`, `12`, `1.234567`.
+pub fn mb_text(bytes_per_second: u64) -> String {
+    let whole = bytes_per_second / 1_000_000;
+    let fraction = bytes_per_second % 1_000_000;
+    if fraction == 0 {
+        whole.to_string()
+    } else {
+        let digits = format!("{fraction:06}");
+        format!("{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// Whether any limit is set (all zeros means unlimited).
+pub fn throttle_is_set(throttle: &Throttle) -> bool {
+    throttle.copy_documents_per_second != 0
+        || throttle.copy_bytes_per_second != 0
+        || throttle.apply_entries_per_second != 0
+        || throttle.apply_bytes_per_second != 0
+}
+
+/// A throttle in words: `copy 1000 docs/s, unlimited MB/s; apply unlimited` (a side without limits is just
+/// `unlimited`).
+pub fn throttle_text(throttle: &Throttle) -> String {
+    let count = |n: u64, unit: &str| {
+        if n == 0 {
+            format!("unlimited {unit}")
+        } else {
+            format!("{n} {unit}")
+        }
+    };
+    let mb = |b: u64| {
+        if b == 0 {
+            "unlimited MB/s".to_owned()
+        } else {
+            format!("{} MB/s", mb_text(b))
+        }
+    };
+    let side = |name: &str, n: u64, unit: &str, b: u64| {
+        if n == 0 && b == 0 {
+            format!("{name} unlimited")
+        } else {
+            format!("{name} {}, {}", count(n, unit), mb(b))
+        }
+    };
+    format!(
+        "{}; {}",
+        side(
+            "copy",
+            throttle.copy_documents_per_second,
+            "docs/s",
+            throttle.copy_bytes_per_second
+        ),
+        side(
+            "apply",
+            throttle.apply_entries_per_second,
+            "entries/s",
+            throttle.apply_bytes_per_second
+        )
+    )
+}
+
+/// Width of the per-collection progress bars.
+const BAR_WIDTH: usize = 20;
+
+/// A text progress bar, `[#######.............]`; dots only when the fraction is unknown.
+pub fn bar(fraction: Option<f64>) -> String {
+    let filled = fraction.filter(|f| f.is_finite()).map_or(0, |f| {
+        (f.clamp(0.0, 1.0) * BAR_WIDTH as f64).floor() as usize
+    });
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH.saturating_sub(filled))
+    )
+}
+
+/// Fraction of one collection copied (bytes if estimated, else documents); 1 when done.
+fn collection_fraction(c: &CollectionProgress) -> Option<f64> {
+    if c.done {
+        Some(1.0)
+    } else if c.bytes_estimated > 0 {
+        Some((c.bytes_copied as f64 / c.bytes_estimated as f64).min(1.0))
+    } else if c.documents_estimated > 0 {
+        Some((c.documents_copied as f64 / c.documents_estimated as f64).min(1.0))
+    } else {
+        None
+    }
+}
+
+/// Collections being copied, one per row: a progress bar with its percentage, documents, bytes and ETA.
+pub fn collections_table(collections: &[CollectionProgress]) -> String {
+    let rows: Vec<Vec<String>> = collections
+        .iter()
+        .map(|c| {
+            let fraction = collection_fraction(c);
+            let pct = fraction.map_or_else(|| "?".to_owned(), |f| format!("{:.0}%", f * 100.0));
+            vec![
+                c.namespace.clone(),
+                format!("{} {pct}", bar(fraction)),
+                format!("{}/{}", c.documents_copied, c.documents_estimated),
+                format!("{} of {}", bytes(c.bytes_copied), bytes(c.bytes_estimated)),
+                if c.done {
+                    "done".to_owned()
+                } else {
+                    eta_text(c.eta_seconds)
+                },
+            ]
+        })
+        .collect();
+    table(&["COLLECTION", "PROGRESS", "DOCS", "SIZE", "ETA"], &rows)
+}
+
+/// The progress section of `task get` as key/value rows (copy with rate and ETA, indexes, apply and source rates,
+/// lag with the catch-up ETA, spool, oplog headroom, retries), by phase. `activity` is the task's, `phase` the
+/// phase the progress describes. An ended task shows no ETA for its copy or its catch-up.
+pub fn progress_rows(
+    progress: &Progress,
+    activity: Activity,
+    phase: TaskPhase,
+) -> Vec<(&'static str, String)> {
+    let running = phase != TaskPhase::Unspecified;
+    let mut rows = Vec::new();
+    let copied_any = progress.documents_copied > 0
+        || progress.documents_estimated > 0
+        || progress.bytes_estimated > 0;
+    if phase == TaskPhase::DataSync || copied_any {
+        let mut copy =
+            fraction(progress).map_or_else(String::new, |f| format!("{:.1}% ", f * 100.0));
+        copy.push_str(&format!(
+            "({} of {}, {}/{} docs)",
+            bytes(progress.bytes_copied),
+            bytes(progress.bytes_estimated),
+            progress.documents_copied,
+            progress.documents_estimated
+        ));
+        if phase == TaskPhase::DataSync && activity == Activity::Ended {
+            copy.push_str("; not running");
+        } else if phase == TaskPhase::DataSync {
+            let eta = if progress.eta_seconds < 0 && activity == Activity::Paused {
+                "paused".to_owned()
+            } else {
+                eta_text(progress.eta_seconds)
+            };
+            copy.push_str(&format!(
+                " at {} docs/s, {}/s; ETA {eta}",
+                rate(progress.documents_per_second),
+                bytes(progress.bytes_per_second.max(0.0) as u64)
+            ));
+        } else {
+            copy.push_str("; done");
+        }
+        rows.push(("Copy", copy));
+    }
+    if progress.indexes_total > 0 {
+        rows.push((
+            "Indexes",
+            format!(
+                "{} of {} built",
+                progress.indexes_built, progress.indexes_total
+            ),
+        ));
+    }
+    if running {
+        rows.push((
+            "Apply",
+            format!(
+                "{} entries/s; source writes {} entries/s ({} applied of {} read)",
+                rate(progress.apply_entries_per_second),
+                rate(progress.source_entries_per_second),
+                progress.oplog_entries_applied,
+                progress.oplog_entries_read
+            ),
+        ));
+        let mut lag = format!("{:.1}s", progress.lag_seconds.max(0.0));
+        if phase == TaskPhase::OplogSync && activity != Activity::Ended {
+            lag.push_str(&format!(
+                "; catch-up ETA {}",
+                catch_up_text(progress, activity, phase)
+            ));
+        }
+        rows.push(("Lag", lag));
+    }
+    if running || progress.spool_bytes > 0 || progress.spool_cap_bytes > 0 {
+        rows.push(("Spool", spool_text(progress)));
+    }
+    if running {
+        rows.push(("Headroom", headroom_text(progress.oplog_headroom_seconds)));
+    }
+    if running || progress.retries > 0 {
+        rows.push(("Retries", progress.retries.to_string()));
+    }
+    rows
+}
+
+/// The progress section of `task get` for a bare [`Progress`] (its own phase and paused flag): key/value lines,
+/// then the collections still being copied.
+pub fn progress_detail(progress: &Progress) -> String {
+    let phase = TaskPhase::try_from(progress.phase).unwrap_or(TaskPhase::Unspecified);
+    let mut out = detail(&progress_rows(
+        progress,
+        Activity::of_progress(progress),
+        phase,
+    ));
+    out.push_str(&collections_section(progress));
+    out
+}
+
+/// A blank line and the collections table when a collection is still being copied; empty otherwise.
+fn collections_section(progress: &Progress) -> String {
+    if progress.collections.iter().all(|c| c.done) {
+        return String::new();
+    }
+    format!("\n{}", collections_table(&progress.collections))
+}
+
+/// RFC 3339 UTC with milliseconds, or empty.
+pub fn time_millis(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|ts| SystemTime::try_from(*ts).ok())
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default()
+}
+
+/// A task event's state and phase: `RUNNING/OPLOG_SYNC`, or the state alone when the phase is unspecified.
+fn event_state(event: &TaskEvent) -> String {
+    let phase = phase_name(event.phase);
+    if phase.is_empty() {
+        state_name(event.state)
+    } else {
+        format!("{}/{phase}", state_name(event.state))
+    }
+}
+
+/// One task event on one line: time (RFC 3339 UTC, milliseconds), kind, principal, state/phase, `epoch N`,
+/// detail; `-` for an empty field, every field [`escape`]d.
+pub fn task_event_line(event: &TaskEvent) -> String {
+    let fields = [
+        time_millis(event.time.as_ref()),
+        event.kind.clone(),
+        event.principal.clone(),
+        event_state(event),
+        format!("epoch {}", event.epoch),
+    ];
+    let mut line = fields
+        .iter()
+        .map(|f| escape(&or_dash(f)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !event.detail.is_empty() {
+        line.push(' ');
+        line.push_str(&escape(&event.detail));
+    }
+    line
+}
+
+/// A task event as JSON (time with milliseconds).
+pub fn task_event_json(event: &TaskEvent) -> Value {
+    let time = time_millis(event.time.as_ref());
+    json!({
+        "seq": event.seq,
+        "time": if time.is_empty() { Value::Null } else { Value::String(time) },
+        "kind": event.kind,
+        "principal": event.principal,
+        "state": state_name(event.state),
+        "phase": phase_name(event.phase),
+        "epoch": event.epoch,
+        "detail": event.detail,
+    })
+}
+
+/// A throttle as JSON (0 = unlimited).
+pub fn throttle_json(throttle: &Throttle) -> Value {
+    json!({
+        "copy_documents_per_second": throttle.copy_documents_per_second,
+        "copy_bytes_per_second": throttle.copy_bytes_per_second,
+        "apply_entries_per_second": throttle.apply_entries_per_second,
+        "apply_bytes_per_second": throttle.apply_bytes_per_second,
+    })
+}
+
+/// The line printed after `task throttle`: `task ID throttle: copy ...; apply ...`.
+pub fn throttle_line(task: &Task) -> String {
+    format!(
+        "task {} throttle: {}",
+        escape(&task.id),
+        throttle_text(&task.throttle.unwrap_or_default())
+    )
+}
+
+/// The line printed after `task pause` (`pause` true) or `task resume`: `task ID RUNNING/OPLOG_SYNC: paused`
+/// (or `resumed`); when the returned task does not show the change yet, says it was requested.
+pub fn pause_line(task: &Task, pause: bool) -> String {
+    let paused = task.paused || task.progress.as_ref().is_some_and(|p| p.paused);
+    let phase = phase_name(task.phase);
+    let state = if phase.is_empty() {
+        state_name(task.state)
+    } else {
+        format!("{}/{phase}", state_name(task.state))
+    };
+    let outcome = match (pause, paused) {
+        (true, true) => "paused",
+        (false, false) => "resumed",
+        (true, false) => "pause requested (the task does not report paused yet)",
+        (false, true) => "resume requested (the task still reports paused)",
+    };
+    format!("task {} {state}: {outcome}", escape(&task.id))
 }
 
 /// Aligned columns with a header row; every cell is [`escape`]d.
@@ -302,9 +797,9 @@ pub fn check_json(item: &CheckItem) -> Value {
     })
 }
 
-/// Progress as JSON.
+/// Progress as JSON (every field; ETAs keep the API's -1 for unknown).
 pub fn progress_json(progress: &Progress) -> Value {
-    json!({
+    let mut value = json!({
         "phase": phase_name(progress.phase),
         "documents_copied": progress.documents_copied,
         "documents_estimated": progress.documents_estimated,
@@ -329,9 +824,41 @@ pub fn progress_json(progress: &Progress) -> Value {
             "ranges_total": c.ranges_total,
             "ranges_done": c.ranges_done,
             "done": c.done,
+            "eta_seconds": c.eta_seconds,
         })).collect::<Vec<_>>(),
         "update_time": time_json(progress.update_time.as_ref()),
-    })
+    });
+    // Added separately: one json! call this large would exceed the macro recursion limit.
+    if let Value::Object(map) = &mut value {
+        let more = [
+            ("spool_cap_bytes", json!(progress.spool_cap_bytes)),
+            (
+                "apply_entries_per_second",
+                json!(progress.apply_entries_per_second),
+            ),
+            (
+                "source_entries_per_second",
+                json!(progress.source_entries_per_second),
+            ),
+            ("oplog_entries_read", json!(progress.oplog_entries_read)),
+            ("catch_up_eta_seconds", json!(progress.catch_up_eta_seconds)),
+            ("converging", json!(progress.converging)),
+            (
+                "spool_full_eta_seconds",
+                json!(progress.spool_full_eta_seconds),
+            ),
+            (
+                "oplog_headroom_seconds",
+                json!(progress.oplog_headroom_seconds),
+            ),
+            ("paused", json!(progress.paused)),
+            ("retries", json!(progress.retries)),
+        ];
+        for (key, field) in more {
+            map.insert(key.to_owned(), field);
+        }
+    }
+    value
 }
 
 fn checkpoint_json(checkpoint: &Checkpoint) -> Value {
@@ -363,6 +890,8 @@ pub fn task_json(task: &Task) -> Value {
         "epoch": task.epoch,
         "checkpoint": task.checkpoint.as_ref().map(checkpoint_json).unwrap_or(Value::Null),
         "verification": task.verification.as_ref().map(verification_json).unwrap_or(Value::Null),
+        "throttle": throttle_json(&task.throttle.unwrap_or_default()),
+        "paused": task.paused,
     })
 }
 
@@ -608,7 +1137,7 @@ pub fn tasks_table(tasks: &[Task]) -> String {
                 tenant_cell(&spec.tenant),
                 kind_name(spec.kind),
                 spec.region,
-                state_name(t.state),
+                state_text(t),
                 phase_name(t.phase),
                 progress_summary(t),
                 agent_cell(t),
@@ -633,7 +1162,8 @@ fn agent_cell(task: &Task) -> String {
     }
 }
 
-/// A task in detail: key/value lines, then the check items.
+/// A task in detail: key/value lines (state with PAUSED, throttle when set, the progress section of
+/// [`progress_rows`]), then the collections still being copied, then the check items.
 pub fn task_detail(task: &Task) -> String {
     let spec = task.spec.clone().unwrap_or_default();
     let databases = if spec.databases.is_empty() {
@@ -661,14 +1191,27 @@ pub fn task_detail(task: &Task) -> String {
         ),
         ("Destination", spec.destination_instance_id),
         ("Databases", databases),
-        ("State", state_name(task.state)),
+        ("State", state_text(task)),
         ("Phase", phase_name(task.phase)),
-        ("Progress", progress_summary(task)),
+    ];
+    let throttle = task.throttle.unwrap_or_default();
+    if throttle_is_set(&throttle) {
+        rows.push(("Throttle", throttle_text(&throttle)));
+    }
+    rows.push(("Progress", progress_summary(task)));
+    if let Some(progress) = &task.progress {
+        rows.extend(progress_rows(
+            progress,
+            Activity::of(task),
+            effective_phase(task, progress),
+        ));
+    }
+    rows.extend([
         ("Agent", agent_cell(task)),
         ("Epoch", task.epoch.to_string()),
         ("Created", time(task.create_time.as_ref())),
         ("Updated", time(task.update_time.as_ref())),
-    ];
+    ]);
     if !task.failure_reason.is_empty() {
         rows.push(("Failure", task.failure_reason.clone()));
         rows.push((
@@ -685,6 +1228,9 @@ pub fn task_detail(task: &Task) -> String {
         rows.push(("Verified", verification_summary(v)));
     }
     let mut out = detail(&rows);
+    if let Some(progress) = &task.progress {
+        out.push_str(&collections_section(progress));
+    }
     if !task.checks.is_empty() {
         out.push('\n');
         out.push_str(&checks_table(&task.checks));
@@ -846,13 +1392,8 @@ pub fn join_token_text(token: &JoinToken, show_secret: bool, token_file: Option<
 /// One audit event on one line: time (RFC 3339 UTC), principal, peer, method, targets (comma separated), code,
 /// detail; `-` for an empty field, every field [`escape`]d.
 pub fn audit_line(event: &AuditEvent) -> String {
-    let when = event
-        .time
-        .and_then(|ts| SystemTime::try_from(ts).ok())
-        .map(|t| humantime::format_rfc3339_millis(t).to_string())
-        .unwrap_or_default();
     let fields = [
-        when,
+        time_millis(event.time.as_ref()),
         event.principal.clone(),
         event.peer.clone(),
         event.method.clone(),
@@ -1314,5 +1855,423 @@ mod tests {
         let legacy = Instance::default();
         let row = instances_table(&[legacy]);
         assert!(row.lines().nth(1).unwrap().contains('-'));
+    }
+
+    fn oplog_sync_progress() -> Progress {
+        Progress {
+            phase: TaskPhase::OplogSync as i32,
+            lag_seconds: 42.5,
+            oplog_entries_applied: 1200,
+            oplog_entries_read: 1500,
+            apply_entries_per_second: 300.0,
+            source_entries_per_second: 450.0,
+            catch_up_eta_seconds: -1,
+            converging: false,
+            spool_bytes: 850,
+            spool_cap_bytes: 1000,
+            spool_full_eta_seconds: -1,
+            oplog_headroom_seconds: 9000,
+            retries: 2,
+            ..Progress::default()
+        }
+    }
+
+    fn row<'a>(rows: &'a [(&str, String)], key: &str) -> Option<&'a str> {
+        rows.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn durations_are_humanized() {
+        assert_eq!(eta_text(200), "3m 20s");
+        assert_eq!(eta_text(-1), "unknown");
+        assert_eq!(eta_text(-7), "unknown");
+        assert_eq!(eta_text(0), "0s");
+        assert_eq!(duration_text(45), "45s");
+        assert_eq!(duration_text(60), "1m");
+        assert_eq!(duration_text(3600), "1h");
+        assert_eq!(duration_text(3725), "1h 2m");
+        assert_eq!(duration_text(9000), "2h 30m");
+        assert_eq!(duration_text(90_061), "1d 1h");
+        assert_eq!(duration_text(86_400 + 59), "1d");
+    }
+
+    #[test]
+    fn catch_up_eta_in_words() {
+        let progress = oplog_sync_progress();
+        let phase = TaskPhase::OplogSync;
+        assert_eq!(
+            catch_up_text(&progress, Activity::Running, phase),
+            "not converging"
+        );
+        assert_eq!(catch_up_text(&progress, Activity::Paused, phase), "paused");
+        assert_eq!(catch_up_text(&progress, Activity::Ended, phase), "unknown");
+        assert_eq!(
+            catch_up_text(&progress, Activity::Running, TaskPhase::DataSync),
+            "unknown"
+        );
+        let unknown = Progress {
+            converging: true,
+            ..oplog_sync_progress()
+        };
+        assert_eq!(catch_up_text(&unknown, Activity::Running, phase), "unknown");
+        let converging = Progress {
+            converging: true,
+            catch_up_eta_seconds: 200,
+            ..oplog_sync_progress()
+        };
+        assert_eq!(
+            catch_up_text(&converging, Activity::Running, phase),
+            "3m 20s"
+        );
+        let caught_up = Progress {
+            catch_up_eta_seconds: 0,
+            lag_seconds: 0.2,
+            ..oplog_sync_progress()
+        };
+        assert_eq!(
+            catch_up_text(&caught_up, Activity::Running, phase),
+            "caught up"
+        );
+    }
+
+    #[test]
+    fn a_task_in_oplog_sync_that_does_not_converge_says_so() {
+        let mut task = task_with_password();
+        task.phase = TaskPhase::OplogSync as i32;
+        task.progress = Some(oplog_sync_progress());
+        let text = task_detail(&task);
+        let lag = text.lines().find(|l| l.starts_with("Lag:")).unwrap();
+        assert_eq!(lag, "Lag:         42.5s; catch-up ETA not converging");
+        assert!(progress_summary(&task).contains("catch-up not converging"));
+        // Paused: no longer "not converging".
+        task.paused = true;
+        let text = task_detail(&task);
+        assert!(text.contains("State:       RUNNING PAUSED\n"), "{text}");
+        assert!(text.contains("catch-up ETA paused"), "{text}");
+        assert!(!text.contains("not converging"), "{text}");
+        assert!(watch_line(&task).starts_with("RUNNING PAUSED OPLOG_SYNC "));
+        assert!(tasks_table(std::slice::from_ref(&task)).contains("RUNNING PAUSED"));
+        // A task that ended shows its last lag, no catch-up verdict.
+        task.paused = false;
+        task.state = TaskState::Failed as i32;
+        let text = task_detail(&task);
+        assert!(text.contains("Lag:         42.5s\n"), "{text}");
+        assert!(!text.contains("not converging") && !progress_summary(&task).contains("catch-up"));
+        assert!(text.contains("Headroom:    source oplog keeps the resume point for 2h 30m\n"));
+        // A task whose state is not set yet counts as running.
+        task.state = TaskState::Unspecified as i32;
+        assert!(task_detail(&task).contains("catch-up ETA not converging"));
+    }
+
+    #[test]
+    fn the_progress_section_in_oplog_sync() {
+        let progress = oplog_sync_progress();
+        let rows = progress_rows(&progress, Activity::Running, TaskPhase::OplogSync);
+        assert_eq!(
+            row(&rows, "Apply"),
+            Some("300 entries/s; source writes 450 entries/s (1200 applied of 1500 read)")
+        );
+        assert_eq!(row(&rows, "Spool"), Some("850 B of 1000 B (85%)"));
+        assert_eq!(
+            row(&rows, "Headroom"),
+            Some("source oplog keeps the resume point for 2h 30m")
+        );
+        assert_eq!(row(&rows, "Retries"), Some("2"));
+        assert_eq!(row(&rows, "Copy"), None, "nothing was copied");
+        let text = progress_detail(&progress);
+        assert!(
+            text.contains("Spool:       850 B of 1000 B (85%)\n"),
+            "{text}"
+        );
+        assert!(text.contains("catch-up ETA not converging"), "{text}");
+        let unknown_headroom = Progress {
+            oplog_headroom_seconds: -1,
+            ..oplog_sync_progress()
+        };
+        let rows = progress_rows(&unknown_headroom, Activity::Running, TaskPhase::OplogSync);
+        assert_eq!(row(&rows, "Headroom"), Some("unknown"));
+    }
+
+    #[test]
+    fn spool_usage_with_percentage_and_time_to_full() {
+        let progress = oplog_sync_progress();
+        assert_eq!(spool_text(&progress), "850 B of 1000 B (85%)");
+        let growing = Progress {
+            spool_full_eta_seconds: 300,
+            ..oplog_sync_progress()
+        };
+        let text = spool_text(&growing);
+        assert!(
+            text.starts_with("850 B of 1000 B (85%); full in 5m"),
+            "{text}"
+        );
+        let full_now = Progress {
+            spool_bytes: 1000,
+            spool_full_eta_seconds: 0,
+            ..oplog_sync_progress()
+        };
+        assert!(spool_text(&full_now).contains("(100%); full in 0s"));
+        let almost = Progress {
+            spool_bytes: 999,
+            ..oplog_sync_progress()
+        };
+        assert!(spool_text(&almost).contains("(99%)"), "rounded down");
+        let no_cap = Progress {
+            spool_bytes: 2048,
+            spool_full_eta_seconds: -1,
+            ..Progress::default()
+        };
+        assert_eq!(spool_text(&no_cap), "2.0 KiB");
+    }
+
+    #[test]
+    fn the_copy_section_with_eta_and_collection_bars() {
+        let progress = Progress {
+            phase: TaskPhase::DataSync as i32,
+            documents_copied: 2500,
+            documents_estimated: 10_000,
+            bytes_copied: 250 * 1024 * 1024,
+            bytes_estimated: 1000 * 1024 * 1024,
+            documents_per_second: 1234.4,
+            bytes_per_second: 3.0 * 1024.0 * 1024.0,
+            eta_seconds: 200,
+            oplog_headroom_seconds: -1,
+            spool_full_eta_seconds: -1,
+            catch_up_eta_seconds: -1,
+            collections: vec![
+                CollectionProgress {
+                    namespace: "shop.orders".to_owned(),
+                    documents_copied: 500,
+                    documents_estimated: 1000,
+                    bytes_copied: 50,
+                    bytes_estimated: 100,
+                    eta_seconds: 200,
+                    ..CollectionProgress::default()
+                },
+                CollectionProgress {
+                    namespace: "shop.users".to_owned(),
+                    documents_copied: 10,
+                    eta_seconds: -1,
+                    ..CollectionProgress::default()
+                },
+                CollectionProgress {
+                    namespace: "shop.carts".to_owned(),
+                    documents_copied: 7,
+                    documents_estimated: 7,
+                    done: true,
+                    ..CollectionProgress::default()
+                },
+            ],
+            ..Progress::default()
+        };
+        let rows = progress_rows(&progress, Activity::Running, TaskPhase::DataSync);
+        assert_eq!(
+            row(&rows, "Copy"),
+            Some("25.0% (250.0 MiB of 1000.0 MiB, 2500/10000 docs) at 1234 docs/s, 3.0 MiB/s; ETA 3m 20s")
+        );
+        assert_eq!(
+            row(&rows, "Lag").map(|l| l.contains("catch-up")),
+            Some(false)
+        );
+        let paused = Progress {
+            eta_seconds: -1,
+            ..progress.clone()
+        };
+        let rows = progress_rows(&paused, Activity::Paused, TaskPhase::DataSync);
+        assert!(row(&rows, "Copy").unwrap().ends_with("ETA paused"));
+        let rows = progress_rows(&paused, Activity::Running, TaskPhase::DataSync);
+        assert!(row(&rows, "Copy").unwrap().ends_with("ETA unknown"));
+        let rows = progress_rows(&paused, Activity::Ended, TaskPhase::DataSync);
+        assert!(row(&rows, "Copy").unwrap().ends_with("docs); not running"));
+
+        let table_text = collections_table(&progress.collections);
+        let lines: Vec<&str> = table_text.lines().collect();
+        assert!(lines[0].starts_with("COLLECTION") && lines[0].ends_with("ETA"));
+        assert!(
+            lines[1].contains("shop.orders")
+                && lines[1].contains("[##########..........] 50%")
+                && lines[1].contains("500/1000")
+                && lines[1].ends_with("3m 20s"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("[....................] ?") && lines[2].ends_with("unknown"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("[####################] 100%") && lines[3].ends_with("done"),
+            "{}",
+            lines[3]
+        );
+        // In the task detail, after the key/value block.
+        let mut task = task_with_password();
+        task.progress = Some(progress.clone());
+        let text = task_detail(&task);
+        assert!(text.contains("\nCOLLECTION"), "{text}");
+        assert!(text.contains("ETA 3m 20s"), "{text}");
+        // Once every collection is copied the table is left out.
+        let mut done = progress;
+        for c in &mut done.collections {
+            c.done = true;
+        }
+        assert!(!progress_detail(&done).contains("COLLECTION"));
+    }
+
+    #[test]
+    fn bars_are_bounded() {
+        assert_eq!(bar(Some(0.0)), "[....................]");
+        assert_eq!(bar(Some(1.0)), "[####################]");
+        assert_eq!(bar(Some(7.0)), "[####################]");
+        assert_eq!(bar(Some(f64::NAN)), "[....................]");
+        assert_eq!(bar(None), "[....................]");
+    }
+
+    #[test]
+    fn throttles_in_words() {
+        let copy_only = Throttle {
+            copy_documents_per_second: 1000,
+            ..Throttle::default()
+        };
+        assert_eq!(
+            throttle_text(&copy_only),
+            "copy 1000 docs/s, unlimited MB/s; apply unlimited"
+        );
+        let both = Throttle {
+            copy_documents_per_second: 0,
+            copy_bytes_per_second: 500_000,
+            apply_entries_per_second: 200,
+            apply_bytes_per_second: 12_000_000,
+        };
+        assert_eq!(
+            throttle_text(&both),
+            "copy unlimited docs/s, 0.5 MB/s; apply 200 entries/s, 12 MB/s"
+        );
+        assert_eq!(
+            throttle_text(&Throttle::default()),
+            "copy unlimited; apply unlimited"
+        );
+        assert_eq!(mb_text(1_234_567), "1.234567");
+        assert_eq!(mb_text(1), "0.000001");
+        assert!(!throttle_is_set(&Throttle::default()));
+        assert!(throttle_is_set(&both));
+
+        let mut task = task_with_password();
+        assert!(
+            !task_detail(&task).contains("Throttle:"),
+            "shown only when set"
+        );
+        task.throttle = Some(copy_only);
+        assert!(task_detail(&task)
+            .contains("Throttle:    copy 1000 docs/s, unlimited MB/s; apply unlimited\n"));
+        assert_eq!(
+            throttle_line(&task),
+            "task task-0123456789ab throttle: copy 1000 docs/s, unlimited MB/s; apply unlimited"
+        );
+        let json = task_json(&task);
+        assert_eq!(json["throttle"]["copy_documents_per_second"], 1000);
+        assert_eq!(json["throttle"]["apply_bytes_per_second"], 0);
+        assert_eq!(json["paused"], false);
+    }
+
+    #[test]
+    fn pause_and_resume_lines() {
+        let mut task = task_with_password();
+        task.paused = true;
+        assert_eq!(
+            pause_line(&task, true),
+            "task task-0123456789ab RUNNING/DATA_SYNC: paused"
+        );
+        task.paused = false;
+        assert_eq!(
+            pause_line(&task, false),
+            "task task-0123456789ab RUNNING/DATA_SYNC: resumed"
+        );
+        assert!(pause_line(&task, true)
+            .ends_with("pause requested (the task does not report paused yet)"));
+    }
+
+    #[test]
+    fn task_events_on_one_line_and_as_json() {
+        let event = TaskEvent {
+            seq: 12,
+            time: Some(prost_types::Timestamp {
+                seconds: 1_714_550_400,
+                nanos: 250_000_000,
+            }),
+            kind: "paused".to_owned(),
+            principal: "admin".to_owned(),
+            detail: "paused by operator".to_owned(),
+            state: TaskState::Running as i32,
+            phase: TaskPhase::OplogSync as i32,
+            epoch: 3,
+        };
+        assert_eq!(
+            task_event_line(&event),
+            "2024-05-01T08:00:00.250Z paused admin RUNNING/OPLOG_SYNC epoch 3 paused by operator"
+        );
+        let json = task_event_json(&event);
+        assert_eq!(json["time"], "2024-05-01T08:00:00.250Z");
+        assert_eq!(json["seq"], 12);
+        assert_eq!(json["state"], "RUNNING");
+        assert_eq!(json["phase"], "OPLOG_SYNC");
+        assert_eq!(json["epoch"], 3);
+        let bare = TaskEvent {
+            time: None,
+            kind: "created".to_owned(),
+            principal: String::new(),
+            detail: String::new(),
+            state: TaskState::NotStarted as i32,
+            phase: 0,
+            epoch: 0,
+            seq: 1,
+        };
+        assert_eq!(task_event_line(&bare), "- created - NOT_STARTED epoch 0");
+        assert_eq!(task_event_json(&bare)["time"], Value::Null);
+        let hostile = TaskEvent {
+            kind: format!("state{HOSTILE}"),
+            principal: format!("agent:x{HOSTILE}"),
+            detail: format!("boom{HOSTILE}"),
+            ..event
+        };
+        assert_inert(&format!("{}\n", task_event_line(&hostile)), 1);
+        let text = json_text(&task_event_json(&hostile), false);
+        assert_eq!(text.lines().count(), 1, "one JSON object per line");
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'));
+    }
+
+    #[test]
+    fn a_hostile_collection_name_stays_inert() {
+        let collections = [CollectionProgress {
+            namespace: format!("shop.orders{HOSTILE}"),
+            ..CollectionProgress::default()
+        }];
+        assert_inert(&collections_table(&collections), 2);
+    }
+
+    #[test]
+    fn progress_json_has_the_new_fields() {
+        let mut progress = oplog_sync_progress();
+        progress.collections = vec![CollectionProgress {
+            namespace: "shop.orders".to_owned(),
+            eta_seconds: -1,
+            ..CollectionProgress::default()
+        }];
+        let json = progress_json(&progress);
+        assert_eq!(json["spool_cap_bytes"], 1000);
+        assert_eq!(json["catch_up_eta_seconds"], -1);
+        assert_eq!(json["converging"], false);
+        assert_eq!(json["oplog_headroom_seconds"], 9000);
+        assert_eq!(json["oplog_entries_read"], 1500);
+        assert_eq!(json["apply_entries_per_second"], 300.0);
+        assert_eq!(json["source_entries_per_second"], 450.0);
+        assert_eq!(json["spool_full_eta_seconds"], -1);
+        assert_eq!(json["paused"], false);
+        assert_eq!(json["retries"], 2);
+        assert_eq!(json["collections"][0]["eta_seconds"], -1);
+        assert_eq!(json["phase"], "OPLOG_SYNC");
     }
 }

@@ -42,15 +42,32 @@ impl Coord {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(tweak, None).await
+    }
+
+    /// A coordinator also serving metrics on `metrics`.
+    pub async fn start_with_metrics(metrics: tokio::net::TcpListener) -> Self {
+        Self::start_full(|_| {}, Some(metrics)).await
+    }
+
+    async fn start_full(
+        tweak: impl FnOnce(&mut Config),
+        metrics: Option<tokio::net::TcpListener>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::plaintext(dir.path().to_path_buf(), OPERATOR_TOKEN);
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let join = tokio::spawn(ferry_coordinator::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let join = tokio::spawn(ferry_coordinator::run_with_metrics(
+            config,
+            listener,
+            metrics,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             dir,

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferry_engine::{
@@ -107,6 +107,10 @@ pub struct Seen {
     pub phases: Vec<Phase>,
     pub checkpoints: Vec<Checkpoint>,
     pub progress: Vec<ProgressSnapshot>,
+    /// When each progress event arrived (same index as `progress`).
+    pub progress_at: Vec<Instant>,
+    /// `EngineEvent::Note`s: (kind, detail).
+    pub notes: Vec<(String, String)>,
 }
 
 pub struct Run {
@@ -116,7 +120,15 @@ pub struct Run {
 }
 
 pub fn start(config: MigrationConfig, resume: Option<Checkpoint>) -> Run {
-    let control = MigrationControl::new();
+    start_with(config, resume, MigrationControl::new())
+}
+
+/// Like `start`, with controls set up by the caller (a throttle or pause from the start).
+pub fn start_with(
+    config: MigrationConfig,
+    resume: Option<Checkpoint>,
+    control: MigrationControl,
+) -> Run {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let seen2 = seen.clone();
@@ -126,7 +138,11 @@ pub fn start(config: MigrationConfig, resume: Option<Checkpoint>) -> Run {
             match ev {
                 EngineEvent::PhaseChanged(p) => s.phases.push(p),
                 EngineEvent::Checkpoint(c) => s.checkpoints.push(c),
-                EngineEvent::Progress(p) => s.progress.push(p),
+                EngineEvent::Progress(p) => {
+                    s.progress.push(p);
+                    s.progress_at.push(Instant::now());
+                }
+                EngineEvent::Note { kind, detail } => s.notes.push((kind, detail)),
             }
         }
     });
