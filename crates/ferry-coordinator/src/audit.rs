@@ -171,21 +171,7 @@ impl crate::coordinator::Coordinator {
         &self,
         req: ferry_proto::v1::ListAuditEventsRequest,
     ) -> Result<ferry_proto::v1::ListAuditEventsResponse, ServiceError> {
-        let size = match usize::try_from(req.page_size) {
-            Ok(0) => 100,
-            Ok(n) => n.min(1000),
-            Err(_) => return Err(ServiceError::invalid("page_size", "must not be negative")),
-        };
-        let after: u64 = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token.parse().map_err(|_| {
-                ServiceError::invalid(
-                    "page_token",
-                    "is malformed: pass the next_page_token of a previous call",
-                )
-            })?
-        };
+        let (size, after) = crate::coordinator::seq_page(req.page_size, &req.page_token)?;
         let ms = |ts: &Option<prost_types::Timestamp>| {
             ts.as_ref()
                 .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))

@@ -761,6 +761,27 @@ fn no_agent_fix(task: &Task) -> String {
     }
 }
 
+/// The size and start of a page of records numbered by sequence: `page_token` is the last seq of the previous page
+/// (empty: from the start); a size of 0 means 100, at most 1000.
+pub(crate) fn seq_page(page_size: i32, page_token: &str) -> Result<(usize, u64), ServiceError> {
+    let size = match usize::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(n) => n.min(MAX_PAGE_SIZE),
+        Err(_) => return Err(ServiceError::invalid("page_size", "must not be negative")),
+    };
+    let after = if page_token.is_empty() {
+        0
+    } else {
+        page_token.parse().map_err(|_| {
+            ServiceError::invalid(
+                "page_token",
+                "is malformed: pass the next_page_token of a previous call",
+            )
+        })?
+    };
+    Ok((size, after))
+}
+
 /// Pages over items ordered by `key`; the page token is the key of the last item returned.
 fn paginate<T>(
     all: Vec<T>,

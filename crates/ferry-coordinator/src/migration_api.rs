@@ -203,6 +203,24 @@ impl MigrationApi {
     }
 }
 
+impl MigrationApi {
+    /// PauseTask (`paused`) or ResumeTask, audited and in the task's history.
+    async fn pause_or_resume(
+        &self,
+        call: Call,
+        id: String,
+        paused: bool,
+    ) -> Result<Response<pb::Task>, Status> {
+        let result = async {
+            self.acted_on(&call, &id, String::new()).await?;
+            self.core.set_paused(&id, paused).await
+        }
+        .await;
+        let task = self.finish(&call, vec![id.clone()], result).await?;
+        Ok(Response::new(self.core.task_to_pb(&task)))
+    }
+}
+
 /// Fills an empty tenant with the principal's default and checks the principal may use it.
 fn scoped_tenant(
     principal: &Principal,
@@ -567,14 +585,8 @@ impl MigrationService for MigrationApi {
         let call = self
             .begin(&req, "PauseTask", Permission::TasksWrite)
             .await?;
-        let id = req.into_inner().task_id;
-        let result = async {
-            self.acted_on(&call, &id, String::new()).await?;
-            self.core.set_paused(&id, true).await
-        }
-        .await;
-        let task = self.finish(&call, vec![id.clone()], result).await?;
-        Ok(Response::new(self.core.task_to_pb(&task)))
+        self.pause_or_resume(call, req.into_inner().task_id, true)
+            .await
     }
 
     async fn resume_task(
@@ -584,14 +596,8 @@ impl MigrationService for MigrationApi {
         let call = self
             .begin(&req, "ResumeTask", Permission::TasksWrite)
             .await?;
-        let id = req.into_inner().task_id;
-        let result = async {
-            self.acted_on(&call, &id, String::new()).await?;
-            self.core.set_paused(&id, false).await
-        }
-        .await;
-        let task = self.finish(&call, vec![id.clone()], result).await?;
-        Ok(Response::new(self.core.task_to_pb(&task)))
+        self.pause_or_resume(call, req.into_inner().task_id, false)
+            .await
     }
 
     async fn list_task_events(

@@ -19,8 +19,6 @@ pub(crate) const MAX_STORED_MISMATCHES: u64 = 100_000;
 const MAX_MISMATCHES_PER_REPORT: usize = 1_000;
 /// Size cap of a stored verification report or checkpoint.
 const MAX_STATE_BYTES: usize = 4 << 20;
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 pub(crate) fn mode_from_pb(mode: i32) -> VerifyMode {
     match pb::VerifyMode::try_from(mode) {
@@ -129,21 +127,7 @@ impl Coordinator {
     ) -> Result<pb::ListMismatchesResponse, ServiceError> {
         let id = Self::parse_task_id(raw_id)?;
         let task = self.load_task(&id).await?;
-        let size = match usize::try_from(page_size) {
-            Ok(0) => DEFAULT_PAGE,
-            Ok(n) => n.min(MAX_PAGE),
-            Err(_) => return Err(ServiceError::invalid("page_size", "must not be negative")),
-        };
-        let from: u64 = if page_token.is_empty() {
-            0
-        } else {
-            page_token.parse().map_err(|_| {
-                ServiceError::invalid(
-                    "page_token",
-                    "is malformed: pass the next_page_token of a previous call",
-                )
-            })?
-        };
+        let (size, from) = crate::coordinator::seq_page(page_size, page_token)?;
         let Some(v) = task.verification.clone() else {
             return Ok(pb::ListMismatchesResponse::default());
         };
