@@ -433,13 +433,25 @@ fn print_progress(task: &pb::Task) {
     } else {
         0.0
     };
+    // Rates are over the last 10 s: the copy rate while copying, the apply rate (and the source's) afterwards.
+    let rate = if task.phase == pb::TaskPhase::OplogSync as i32 {
+        format!(
+            "{:>6.0} applied/s (source {:.0}/s)",
+            p.apply_entries_per_second, p.source_entries_per_second
+        )
+    } else {
+        let eta = match p.eta_seconds {
+            s if s >= 0 => format!("ETA {s}s"),
+            _ => "ETA ?".to_owned(),
+        };
+        format!("{:>8.0} docs/s {eta}", p.documents_per_second)
+    };
     println!(
-        "    {:<10} {:<24} copied {:>9}/{:<9} ({pct:5.1}%) {:>8.0} docs/s  indexes {}/{}  applied {:>7}  lag {:.2}s",
+        "    {:<10} {:<24} copied {:>9}/{:<9} ({pct:5.1}%) {rate}  indexes {}/{}  applied {:>7}  lag {:.2}s",
         state.trim_start_matches("TASK_STATE_"),
         phase.trim_start_matches("TASK_PHASE_"),
         p.documents_copied,
         p.documents_estimated,
-        p.documents_per_second,
         p.indexes_built,
         p.indexes_total,
         p.oplog_entries_applied,
