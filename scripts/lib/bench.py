@@ -223,6 +223,13 @@ def verdicts(sim_scan, sim_insert, rows, verify_rows, oplog):
     return out
 
 
+def spread(values):
+    """(max - min) / median of a list of figures; 0 for fewer than two."""
+    if len(values) < 2 or not statistics.median(values):
+        return 0.0
+    return (max(values) - min(values)) / statistics.median(values)
+
+
 def metrics_overhead(args):
     """Full-sync throughput of the whole product (TLS coordinator, enrolled agent, task history always on) with and
     without Prometheus metrics served and scraped every second, alternating runs (median of each)."""
@@ -351,8 +358,11 @@ def write_report(args, command, sim_scan, sim_insert, rows, verify_rows, oplog, 
         f"| off | {', '.join(f'{x:,.0f}' for x in overhead['runs']['off'])} | {overhead['median']['off']:,.0f} |",
         f"| on | {', '.join(f'{x:,.0f}' for x in overhead['runs']['on'])} | {overhead['median']['on']:,.0f} |",
         "",
-        f"On/off: {ratio:.3f} ({(1 - ratio) * 100:+.1f} % cost). Target: cost under 2 % (ratio >= 0.98). "
-        + ("MET" if ratio >= 0.98 else "NOT MET") + ".",
+        f"On/off ratio of the medians: {ratio:.3f}; run-to-run spread without metrics: {spread(overhead['runs']['off']):.0%}"
+        " of the median. Target: metrics and history cost under 2 % (ratio >= 0.98): "
+        + ("met" if ratio >= 0.98 else "MISSED")
+        + (" (no cost is measurable: the difference is within the spread)."
+           if abs(1 - ratio) <= spread(overhead['runs']['off']) else "."),
         "",
     ]
     lines += verdicts(sim_scan, sim_insert, rows, verify_rows, oplog)
