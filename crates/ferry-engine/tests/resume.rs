@@ -152,3 +152,135 @@ async fn resumes_after_crash_in_data_sync_and_in_oplog_sync() -> Result<()> {
     assert_equal(&p, &["app"]).await?;
     Ok(())
 }
+
+/// What a crash leaves in the spool: the last segment cut in the middle of an entry, and a segment of garbage.
+fn tear_the_spool(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let entry = mongodb::bson::RawDocumentBuf::try_from(
+        &doc! {"op": "i", "ns": "app.items", "o": {"_id": -42, "v": "garbage"}},
+    )
+    .unwrap()
+    .into_bytes();
+    std::fs::write(dir.join("oplog-00000001.bson"), &entry[..entry.len() / 2]).unwrap();
+    std::fs::write(dir.join("oplog-00000002.bson"), [0xff_u8; 300]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_spool_left_by_a_crash_is_discarded_and_the_resume_refetches_from_the_source(
+) -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    seed(&p.src, 500).await?;
+    let config = p.config(&["app"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(p.src.clone(), stop.clone(), 200_000);
+    let run = start(config.clone(), None);
+    run.wait_for("an oplog checkpoint", Duration::from_secs(60), |s| {
+        s.checkpoints
+            .iter()
+            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
+    })
+    .await?;
+    run.control.stop();
+    let seen = run.seen.clone();
+    assert!(matches!(
+        run.finish(Duration::from_secs(30)).await??,
+        Outcome::Stopped
+    ));
+    let cp = seen
+        .lock()
+        .unwrap()
+        .checkpoints
+        .iter()
+        .rev()
+        .find(|c| c.phase == Phase::OplogSync)
+        .cloned()
+        .expect("oplog checkpoint");
+    // The crash tore the spool; the source kept writing meanwhile.
+    tear_the_spool(&config.spool_dir);
+
+    // The resume starts a fresh spool from the checkpoint's source position: the torn bytes are never applied.
+    let run = start(config, Some(cp));
+    run.wait_for("oplog sync", Duration::from_secs(30), |s| {
+        s.phases.contains(&Phase::OplogSync)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await??;
+    run.control.request_complete();
+    let out = run.finish(Duration::from_secs(60)).await??;
+    assert!(matches!(out, Outcome::Completed(_)), "{out:?}");
+    assert_equal(&p, &["app"]).await?;
+    let garbage = p
+        .dst
+        .database("app")
+        .collection::<Document>("items")
+        .count_documents(doc! {"_id": -42})
+        .await?;
+    assert_eq!(
+        garbage, 0,
+        "an entry from the torn spool reached the destination"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_checkpoint_fails_clearly_and_changes_nothing() -> Result<()> {
+    init_tracing();
+    let p = pair().await?;
+    seed(&p.src, 200).await?;
+    let config = p.config(&["app"]);
+    let run = start(config.clone(), None);
+    run.wait_for("an oplog checkpoint", Duration::from_secs(60), |s| {
+        s.checkpoints
+            .iter()
+            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
+    })
+    .await?;
+    run.control.stop();
+    let seen = run.seen.clone();
+    assert!(matches!(
+        run.finish(Duration::from_secs(30)).await??,
+        Outcome::Stopped
+    ));
+    let good = seen
+        .lock()
+        .unwrap()
+        .checkpoints
+        .last()
+        .cloned()
+        .expect("checkpoint");
+    let before = p
+        .dst
+        .database("app")
+        .collection::<Document>("items")
+        .count_documents(doc! {})
+        .await?;
+    // Bytes flipped, cut short, or replaced: each resume fails with a checkpoint error before touching anything.
+    let mut flipped = good.clone();
+    flipped.engine_state[0] ^= 0x5a;
+    let mut cut = good.clone();
+    cut.engine_state.truncate(good.engine_state.len() / 3);
+    let mut garbage = good.clone();
+    garbage.engine_state = vec![0xff; 64];
+    for (what, cp) in [("flipped", flipped), ("cut", cut), ("garbage", garbage)] {
+        let run = start(config.clone(), Some(cp));
+        let error = match run.finish(Duration::from_secs(30)).await? {
+            Err(error) => error.to_string(),
+            Ok(out) => panic!("{what}: a corrupted checkpoint was accepted: {out:?}"),
+        };
+        assert!(
+            error.to_lowercase().contains("checkpoint"),
+            "{what}: {error}"
+        );
+    }
+    let after = p
+        .dst
+        .database("app")
+        .collection::<Document>("items")
+        .count_documents(doc! {})
+        .await?;
+    assert_eq!(before, after, "a bad checkpoint changed the destination");
+    Ok(())
+}
