@@ -70,6 +70,18 @@ fn task_event_prefix(task: &TaskId) -> Vec<u8> {
     prefix
 }
 
+/// Fuzzing hook: arbitrary bytes as every kind of stored record (what a corrupted data dir could hold). Must never
+/// panic: a bad record is an error.
+#[doc(hidden)]
+pub fn fuzz_decode_records(bytes: &[u8]) {
+    let _ = decode::<StoredTask>(bytes);
+    let _ = decode::<StoredInstance>(bytes);
+    let _ = decode::<AgentRecord>(bytes);
+    let _ = decode::<ferry_core::JoinTokenRecord>(bytes);
+    let _ = decode::<AuditRecord>(bytes);
+    let _ = decode::<TaskEventRecord>(bytes);
+}
+
 /// Version of the on-disk layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 

@@ -5,8 +5,8 @@
 //! the copy, the live apply, the cut-over and its verification: SIGKILL of the agent, of the coordinator, of both;
 //! the agent restarted with an emptied spool dir; source or destination network outages (mongosim's outage fault:
 //! connections closed, new ones refused; network namespaces are not used by this first campaign); command errors
-//! and slow replies on the source. The round ends with CompleteTask with the product's verifier and an independent
-//! byte-for-byte comparison. One round in five ends with StopTask instead: the rollback must drop the task's
+//! and slow replies on the source; NotWritablePrimary on the destination's writes. The round ends with
+//! CompleteTask with the product's verifier and an independent byte-for-byte comparison. One round in five ends with StopTask instead: the rollback must drop the task's
 //! databases and leave a bystander database alone. A round passes when the destination equals the source, when the
 //! task failed with a reason and, resumed with StartTask (resumable failures), then ends equal, or when the stop rolled
 //! back exactly what the task created. A SUCCEEDED task whose destination differs is a false success: the round
@@ -79,6 +79,8 @@ enum Fault {
     DestinationOutage(u64),
     SourceErrors,
     SlowSource,
+    /// NotWritablePrimary (10107) on the destination's next writes, as during a failover.
+    DestinationNotPrimary,
 }
 
 fn plan(rng: &mut Rng) -> Vec<(At, Fault)> {
@@ -90,7 +92,7 @@ fn plan(rng: &mut Rng) -> Vec<(At, Fault)> {
                 1 => At::LiveApply,
                 _ => At::Completing,
             };
-            let fault = match rng.below(8) {
+            let fault = match rng.below(9) {
                 0 => Fault::KillAgent,
                 1 => Fault::KillCoordinator,
                 2 => Fault::KillBoth,
@@ -98,6 +100,7 @@ fn plan(rng: &mut Rng) -> Vec<(At, Fault)> {
                 4 => Fault::SourceOutage(2 + rng.below(6)),
                 5 => Fault::DestinationOutage(2 + rng.below(6)),
                 6 => Fault::SourceErrors,
+                7 => Fault::DestinationNotPrimary,
                 _ => Fault::SlowSource,
             };
             (at, fault)
@@ -151,6 +154,11 @@ async fn inject(world: &mut World, task_id: &str, fault: Fault) -> anyhow::Resul
             // HostUnreachable (6) on the next reads: retried by the engine.
             world.source.faults().fail_command("getMore", 6, Some(3));
             world.source.faults().fail_command("find", 6, Some(2));
+        }
+        Fault::DestinationNotPrimary => {
+            for command in ["insert", "update", "delete", "bulkWrite"] {
+                world.dest.faults().fail_command(command, 10107, Some(2));
+            }
         }
         Fault::SlowSource => {
             world
