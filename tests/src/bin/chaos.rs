@@ -239,10 +239,18 @@ async fn complete(world: &mut World, task_id: &str) -> anyhow::Result<pb::Task> 
         .await
 }
 
-async fn round(seed: u64, docs: i32) -> anyhow::Result<(Vec<(At, Fault)>, Outcome)> {
+async fn round(seed: u64, docs: i32) -> anyhow::Result<(Vec<(At, Fault)>, bool, Outcome)> {
     let mut rng = Rng(seed);
     let faults = plan(&mut rng);
-    let mut world = World::start(64).await?;
+    // One round in three runs the agent with a 4 s retry budget: its outages (2-7 s) may then outlast it, the task
+    // fails resumable, and the round resumes it with StartTask.
+    let short_budget = rng.below(3) == 0;
+    let agent_args: &[&str] = if short_budget {
+        &["--retry-budget", "4s"]
+    } else {
+        &[]
+    };
+    let mut world = World::start_with(64, agent_args).await?;
     seed_every_type(&world.source_client, "app", "things", docs).await?;
     world
         .dest_client
@@ -320,7 +328,7 @@ async fn round(seed: u64, docs: i32) -> anyhow::Result<(Vec<(At, Fault)>, Outcom
     if stop_instead {
         return stop_and_check(&mut world, &task_id)
             .await
-            .map(|()| (faults, Outcome::RolledBack));
+            .map(|()| (faults, short_budget, Outcome::RolledBack));
     }
     let mut resumes = 0;
     loop {
@@ -346,14 +354,18 @@ async fn round(seed: u64, docs: i32) -> anyhow::Result<(Vec<(At, Fault)>, Outcom
             let documents = assert_same(&world.source_client, &world.dest_client, &["app"])
                 .await
                 .map_err(|e| anyhow::anyhow!("FALSE SUCCESS: the task SUCCEEDED but {e:#}"))?;
-            return Ok((faults, Outcome::Equal { documents, resumes }));
+            return Ok((faults, short_budget, Outcome::Equal { documents, resumes }));
         }
         anyhow::ensure!(
             !task.failure_reason.is_empty(),
             "the task FAILED without a reason"
         );
         if !task.resumable {
-            return Ok((faults, Outcome::FailedClearly(task.failure_reason)));
+            return Ok((
+                faults,
+                short_budget,
+                Outcome::FailedClearly(task.failure_reason),
+            ));
         }
         anyhow::ensure!(
             resumes < 3,
@@ -435,17 +447,18 @@ fn main() -> anyhow::Result<()> {
             let result = round(seed, args.docs).await;
             let secs = t.elapsed().as_secs_f64();
             match result {
-                Ok((faults, Outcome::Equal { documents, resumes })) => {
+                Ok((faults, short, Outcome::Equal { documents, resumes })) => {
                     equal += 1;
+                    let budget = if short { " (retry budget 4s)" } else { "" };
                     println!(
-                        "round {r} seed {seed} faults {faults:?} -> PASS equal ({documents} documents compared, {resumes} resumes) in {secs:.1}s"
+                        "round {r} seed {seed} faults {faults:?}{budget} -> PASS equal ({documents} documents compared, {resumes} resumes) in {secs:.1}s"
                     );
                 }
-                Ok((faults, Outcome::FailedClearly(reason))) => {
+                Ok((faults, _, Outcome::FailedClearly(reason))) => {
                     clear += 1;
                     println!("round {r} seed {seed} faults {faults:?} -> PASS failed clearly: {reason} in {secs:.1}s");
                 }
-                Ok((faults, Outcome::RolledBack)) => {
+                Ok((faults, _, Outcome::RolledBack)) => {
                     stopped += 1;
                     println!(
                         "round {r} seed {seed} faults {faults:?} -> PASS stopped: rolled back exactly what it created in {secs:.1}s"
