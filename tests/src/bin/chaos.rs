@@ -10,7 +10,9 @@
 //! databases and leave a bystander database alone. A round passes when the destination equals the source, when the
 //! task failed with a reason and, resumed with StartTask (resumable failures), then ends equal, or when the stop rolled
 //! back exactly what the task created. A SUCCEEDED task whose destination differs is a false success: the round
-//! fails. Faults aimed at the copy slow it with the product's own throttle so that they land in it.
+//! fails. Faults aimed at the copy slow it with the product's own throttle so that they land in it. One round in
+//! three runs the agent with a 4 s retry budget, so an outage can outlast it: the task then fails resumable and the
+//! round resumes it with StartTask.
 //!
 //! Round `r` of a campaign uses seed `S + r`: `--seed S+r --rounds 1` replays it.
 
