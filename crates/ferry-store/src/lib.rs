@@ -761,18 +761,27 @@ fn count_sealed(db: &sled::Db) -> Result<usize, StoreError> {
 
 /// Opens sled in `data_dir/db` (taking its lock) and checks the schema version.
 fn open_db(data_dir: &Path) -> Result<sled::Db, StoreError> {
-    let db = sled::Config::new()
-        .path(data_dir.join("db"))
-        .flush_every_ms(Some(1000))
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::InUse {
-                    path: data_dir.to_path_buf(),
+    // A handle dropped an instant ago (a restart in the same process) releases sled's file lock only once its
+    // background flusher has exited: give it up to 2 s before calling the data dir in use.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let db = loop {
+        match sled::Config::new()
+            .path(data_dir.join("db"))
+            .flush_every_ms(Some(1000))
+            .open()
+        {
+            Ok(db) => break db,
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::InUse {
+                        path: data_dir.to_path_buf(),
+                    });
                 }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            other => StoreError::Sled(other),
-        })?;
+            Err(other) => return Err(StoreError::Sled(other)),
+        }
+    };
     let meta = db.open_tree(META)?;
     match meta.get(SCHEMA_KEY)? {
         Some(raw) => {
