@@ -32,6 +32,8 @@ pub struct AgentCa {
     issuer: rcgen::Certificate,
     key: KeyPair,
     pem: String,
+    /// The CA's subject (DER), to tell agent certificates from operators' without re-parsing the CA.
+    subject: Vec<u8>,
     ttl: Duration,
 }
 
@@ -67,9 +69,14 @@ impl AgentCa {
                 cert_path.display()
             )
         })?;
+        let subject = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .ok()
+            .and_then(|(_, p)| p.parse_x509().ok().map(|c| c.subject().as_raw().to_vec()))
+            .ok_or_else(|| anyhow::anyhow!("{} is not a PEM certificate", cert_path.display()))?;
         Ok(Self {
             issuer,
             key,
+            subject,
             pem,
             ttl,
         })
@@ -79,9 +86,7 @@ impl AgentCa {
     /// `None` for agent certificates and unparsable ones.
     pub fn operator_subject(&self, der: &[u8]) -> Option<String> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let (_, ca) = x509_parser::pem::parse_x509_pem(self.pem.as_bytes()).ok()?;
-        let ca = ca.parse_x509().ok()?;
-        if cert.issuer() == ca.subject() {
+        if cert.issuer().as_raw() == self.subject.as_slice() {
             return None;
         }
         Some(cert.subject().to_string())

@@ -640,11 +640,6 @@ impl Coordinator {
         .await
     }
 
-    /// The principal name carried by an operator's client certificate (never by an agent's).
-    pub(crate) fn operator_subject(&self, der: &[u8]) -> Option<String> {
-        self.ca.operator_subject(der)
-    }
-
     /// Source checks that depend on the coordinator's settings.
     pub(crate) fn check_source(&self, spec: &TaskSpec) -> Result<(), ServiceError> {
         if spec.kind == TaskKind::PublicNetwork && !self.settings.allow_private_sources {
