@@ -30,8 +30,10 @@ pub enum EngineError {
     OplogRolledOver { needed: String, detail: String },
     #[error("oplog spool cap of {cap_bytes} bytes reached in {dir}: the copy produced more oplog than the spool may hold; raise spool_cap_bytes or free disk space and restart the migration")]
     SpoolFull { cap_bytes: u64, dir: String },
-    #[error("oplog spool I/O error in {dir}: {detail}; check the agent's data directory (disk full, permissions)")]
+    #[error("oplog spool I/O error in {dir}: {detail}; check the agent's data directory (permissions, a failing disk), then start the task again (StartTask) to resume from its last checkpoint with a fresh spool")]
     Spool { dir: String, detail: String },
+    #[error("the agent's disk is full: the oplog spool in {dir} could not grow for longer than the retry budget ({detail}); free space on the agent's data directory, then start the task again (StartTask) to resume from its last checkpoint")]
+    SpoolDiskFull { dir: String, detail: String },
     #[error("cannot apply oplog entry at {ts} on {namespace}: {detail}")]
     Apply {
         ts: String,
@@ -64,6 +66,8 @@ impl EngineError {
             self,
             EngineError::Unavailable { .. }
                 | EngineError::Connect { .. }
+                | EngineError::Spool { .. }
+                | EngineError::SpoolDiskFull { .. }
                 | EngineError::UniqueConversion { .. }
         )
     }

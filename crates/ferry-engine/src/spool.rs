@@ -63,6 +63,9 @@ pub(crate) struct SpoolWriter {
     file: Option<BufWriter<File>>,
     seg_id: u64,
     seg_len: u64,
+    /// Tests: the append fails with a full disk before writing this entry of its batch.
+    #[cfg(test)]
+    fail_before_entry: Option<usize>,
 }
 
 /// Reads entries in order; one reader per spool.
@@ -109,6 +112,8 @@ pub(crate) fn create(
         file: None,
         seg_id: 0,
         seg_len: 0,
+        #[cfg(test)]
+        fail_before_entry: None,
     };
     let reader = SpoolReader {
         shared: shared.clone(),
@@ -139,10 +144,33 @@ impl SpoolWriter {
         let Some(file) = self.file.as_mut() else {
             return Err(io_err(&dir, "segment not open"));
         };
-        for d in docs {
-            file.write_all(d.as_bytes()).map_err(|e| io_err(&dir, e))?;
+        #[cfg(test)]
+        let fail_before = self.fail_before_entry;
+        let written = docs
+            .iter()
+            .enumerate()
+            .try_for_each(|(_i, d)| {
+                #[cfg(test)]
+                if fail_before == Some(_i) {
+                    return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+                }
+                file.write_all(d.as_bytes())
+            })
+            .and_then(|()| file.flush());
+        if let Err(e) = written {
+            // Part of the batch may be in the file or in the buffer: cut the segment back to what was committed
+            // so that a retry of the whole batch appends right after it (never after half an entry).
+            self.discard_uncommitted(&dir)?;
+            return Err(match e.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    EngineError::SpoolDiskFull {
+                        dir: dir.display().to_string(),
+                        detail: e.to_string(),
+                    }
+                }
+                _ => io_err(&dir, e),
+            });
         }
-        file.flush().map_err(|e| io_err(&dir, e))?;
         self.seg_len += bytes;
         {
             let mut st = self.shared.lock();
@@ -153,6 +181,20 @@ impl SpoolWriter {
             st.written += bytes;
         }
         self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Drops the buffered bytes of a failed append and truncates the segment to its committed length.
+    fn discard_uncommitted(&mut self, dir: &Path) -> Result<(), EngineError> {
+        let Some(buffered) = self.file.take() else {
+            return Ok(());
+        };
+        // `into_parts` hands the file back without flushing the buffer (dropping a BufWriter would flush it).
+        let (mut file, _unwritten) = buffered.into_parts();
+        file.set_len(self.seg_len).map_err(|e| io_err(dir, e))?;
+        file.seek(SeekFrom::Start(self.seg_len))
+            .map_err(|e| io_err(dir, e))?;
+        self.file = Some(BufWriter::with_capacity(1 << 20, file));
         Ok(())
     }
 
@@ -386,6 +428,40 @@ mod tests {
         }
         let err = reader.read_blocking(usize::MAX).unwrap_err().to_string();
         assert!(err.contains("corrupt spool entry"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_leaves_no_torn_entry_and_its_retry_reads_back_whole() {
+        // A full disk in the middle of a batch whose first entry (2 MiB, larger than the write buffer) already
+        // reached the file: the segment is cut back to its committed length, the error says the disk is full,
+        // and the retried batch follows the earlier entries with no garbage in between (issue #12, chaos).
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r, h) = create(dir.path(), 1 << 30).unwrap();
+        w.append_blocking(&[raw(0, 10)]).unwrap();
+        let committed = w.seg_len;
+        let batch = [raw(1, 2 << 20), raw(2, 10)];
+        w.fail_before_entry = Some(1);
+        let err = w.append_blocking(&batch).unwrap_err();
+        assert!(matches!(err, EngineError::SpoolDiskFull { .. }), "{err}");
+        assert!(err.resumable());
+        assert!(err.to_string().contains("free space"), "{err}");
+        let on_disk = fs::metadata(seg_path(dir.path(), w.seg_id)).unwrap().len();
+        assert_eq!(on_disk, committed, "the torn part of the batch was cut off");
+        assert_eq!(h.bytes(), committed);
+        w.fail_before_entry = None;
+        w.append_blocking(&batch).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let (r2, got) = r.read(usize::MAX, Duration::from_millis(10)).await.unwrap();
+            r = r2;
+            if got.is_empty() {
+                break;
+            }
+            for d in got {
+                seen.push(Document::try_from(d).unwrap().get_i32("i").unwrap());
+            }
+        }
+        assert_eq!(seen, [0, 1, 2]);
     }
 
     #[tokio::test]

@@ -24,6 +24,63 @@ const FLUSH_DOCS: usize = 2000;
 const FLUSH_BYTES: usize = 4 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
+/// Appends `docs` to the spool. A full disk is waited out for up to the retry budget, retrying every second with
+/// the same batch (the oplog reader blocks meanwhile, so nothing is dropped); past it, or on any other error, the
+/// migration fails (resumable: a resume starts a fresh spool from the checkpoint). None when it failed or was
+/// cancelled.
+async fn append(
+    ctx: &Ctx,
+    mut writer: SpoolWriter,
+    mut docs: Vec<RawDocumentBuf>,
+) -> Option<SpoolWriter> {
+    let mut full_since: Option<Instant> = None;
+    loop {
+        let res = tokio::task::spawn_blocking(move || {
+            let r = writer.append_blocking(&docs);
+            (writer, docs, r)
+        })
+        .await;
+        match res {
+            Ok((w, _, Ok(()))) => {
+                if let Some(since) = full_since {
+                    tracing::info!(waited = ?since.elapsed(), "the agent's disk has room again; spooling resumed");
+                }
+                return Some(w);
+            }
+            Ok((w, d, Err(e @ EngineError::SpoolDiskFull { .. }))) => {
+                let since = match full_since {
+                    Some(since) => since,
+                    None => {
+                        tracing::warn!(error = %e, budget = ?ctx.retry_budget(), "the agent's disk is full: spooling waits for free space");
+                        *full_since.insert(Instant::now())
+                    }
+                };
+                if since.elapsed() >= ctx.retry_budget() {
+                    ctx.fail(e);
+                    return None;
+                }
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                writer = w;
+                docs = d;
+            }
+            Ok((_, _, Err(e))) => {
+                ctx.fail(e);
+                return None;
+            }
+            Err(e) => {
+                ctx.fail(EngineError::Spool {
+                    dir: ctx.cfg.spool_dir.display().to_string(),
+                    detail: e.to_string(),
+                });
+                return None;
+            }
+        }
+    }
+}
+
 /// Tails from `from` (inclusive) into the spool until `done` or the migration is cancelled. Never
 /// throttled nor paused: whatever the source writes is spooled. Entries of the task past `count_after`
 /// (the apply start point) are counted in `live.read` once spooled.
@@ -64,7 +121,7 @@ pub(crate) async fn run_tailer(
             }
         }
         if !batch.is_empty() {
-            let Some(mut w) = writer.take() else { break };
+            let Some(w) = writer.take() else { break };
             let docs = std::mem::take(&mut batch);
             bytes = 0;
             first_at = None;
@@ -72,27 +129,12 @@ pub(crate) async fn run_tailer(
                 .iter()
                 .filter(|d| entry_ts(d).is_ok_and(|t| t > count_after) && ctx.filter.counts(d))
                 .count() as u64;
-            let res = tokio::task::spawn_blocking(move || {
-                let r = w.append_blocking(&docs);
-                (w, r)
-            })
-            .await;
-            match res {
-                Ok((w, Ok(()))) => {
+            match append(&ctx, w, docs).await {
+                Some(w) => {
                     ctx.live.read.fetch_add(counted, Ordering::SeqCst);
-                    writer = Some(w)
+                    writer = Some(w);
                 }
-                Ok((_, Err(e))) => {
-                    ctx.fail(e);
-                    break;
-                }
-                Err(e) => {
-                    ctx.fail(EngineError::Spool {
-                        dir: ctx.cfg.spool_dir.display().to_string(),
-                        detail: e.to_string(),
-                    });
-                    break;
-                }
+                None => break,
             }
         }
         if closed {
