@@ -1,8 +1,8 @@
-//! The engine's oplog entry parser and raw BSON element walker on arbitrary bytes. No panic.
+//! The `engine_oplog` target: see `ferry_fuzz_targets::engine_oplog` (crates/ferry-fuzz-targets).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    ferry_engine::fuzz_parse_oplog_entry(data);
+    ferry_fuzz_targets::engine_oplog(data);
 });

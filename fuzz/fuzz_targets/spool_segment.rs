@@ -1,9 +1,8 @@
-//! A spool segment's bytes as a crash or a bad disk could leave them (torn entries, garbage, huge length prefixes),
-//! read back by the engine's spool reader. No panic, no unbounded allocation: a bad segment is an error.
+//! The `spool_segment` target: see `ferry_fuzz_targets::spool_segment` (crates/ferry-fuzz-targets).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    ferry_engine::fuzz_spool_segment(data);
+    ferry_fuzz_targets::spool_segment(data);
 });

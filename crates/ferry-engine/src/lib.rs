@@ -373,16 +373,16 @@ pub async fn list_databases(source: &Endpoint) -> Result<Vec<(String, u64, bool)
         .collect())
 }
 
-/// Fuzzing entry point (`fuzz/fuzz_targets/engine_oplog.rs`): walks `bytes` with the raw element
-/// walker and, when they frame a BSON document, parses them as an oplog entry. Results are ignored;
-/// only panics matter. Not part of the API.
-#[doc(hidden)]
+/// Fuzzing hook (the `spool_segment` target): `bytes` as one spool segment, read back by the spool reader. Only
+/// panics matter. Not part of the API.
 #[doc(hidden)]
 pub fn fuzz_spool_segment(bytes: &[u8]) {
     spool::fuzz_segment(bytes);
 }
 
-/// Fuzzing hook: an oplog entry's raw bytes through the engine's parser.
+/// Fuzzing hook (the `engine_oplog` target): walks `bytes` with the raw element walker and, when they frame a BSON
+/// document, parses them as an oplog entry. Results are ignored; only panics matter. Not part of the API.
+#[doc(hidden)]
 pub fn fuzz_parse_oplog_entry(bytes: &[u8]) {
     let _ = raw::elements(bytes);
     let Ok(doc) = mongodb::bson::RawDocument::from_bytes(bytes) else {
