@@ -24,6 +24,9 @@ use mongodb::bson::{
 };
 use mongodb::Client;
 
+pub mod netfault;
+pub mod realistic;
+
 static NEXT_NAME: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 pub const CVM_ID: &str = "ins-e2etest1";
@@ -46,6 +49,44 @@ pub struct World {
     pub coordinator: CoordinatorProcess,
     pub agent: AgentProcess,
     pub api: OperatorClient,
+    /// The relays the agent (only) goes through, with [`WorldOptions::relays`].
+    pub relays: Option<Relays>,
+}
+
+/// The agent's own paths to the source, the destination and the coordinator (see [`netfault`]).
+pub struct Relays {
+    pub source: netfault::Relay,
+    pub dest: netfault::Relay,
+    pub coordinator: netfault::Relay,
+}
+
+/// Prepares the agent's work directory before the agent starts.
+pub type PrepareAgentDir<'a> = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + Send + 'a>;
+
+/// How [`World::start_opts`] sets things up.
+pub struct WorldOptions<'a> {
+    /// Size of the source's oplog.
+    pub oplog_mb: usize,
+    pub agent_args: &'a [&'a str],
+    pub coordinator: CoordinatorOptions,
+    /// The agent reaches the source, the destination and the coordinator through [`Relays`] (whose links the
+    /// fault campaign can fault) while the application and the operator connect directly.
+    pub relays: bool,
+    /// Called with the agent's work directory before the agent starts (e.g. to mount a small filesystem on its
+    /// data dir, `agent-data`).
+    pub prepare_agent_dir: Option<PrepareAgentDir<'a>>,
+}
+
+impl Default for WorldOptions<'_> {
+    fn default() -> Self {
+        Self {
+            oplog_mb: 64,
+            agent_args: &[],
+            coordinator: CoordinatorOptions::default(),
+            relays: false,
+            prepare_agent_dir: None,
+        }
+    }
 }
 
 impl World {
@@ -82,6 +123,23 @@ impl World {
         options: CoordinatorOptions,
         configure: impl FnOnce(mongosim::Builder) -> mongosim::Builder,
     ) -> anyhow::Result<Self> {
+        Self::start_opts(
+            WorldOptions {
+                oplog_mb,
+                agent_args,
+                coordinator: options,
+                ..WorldOptions::default()
+            },
+            configure,
+        )
+        .await
+    }
+
+    /// Starts everything as `options` say, the source's mongosim builder passed through `configure` first.
+    pub async fn start_opts(
+        options: WorldOptions<'_>,
+        configure: impl FnOnce(mongosim::Builder) -> mongosim::Builder,
+    ) -> anyhow::Result<Self> {
         let bins = Binaries::locate()?;
         let dir = tempfile::tempdir()?;
         let source = configure(
@@ -89,7 +147,7 @@ impl World {
                 .replset("rs-src")
                 .user("root", SOURCE_PASSWORD)
                 .user_with_roles("reader", READER_PASSWORD, &[("readAnyDatabase", "admin")])
-                .oplog_size_mb(oplog_mb),
+                .oplog_size_mb(options.oplog_mb),
         )
         .start()
         .await?;
@@ -107,14 +165,33 @@ impl World {
             local_ipv4: source.addr().ip().to_string(),
         })
         .await?;
-        let coordinator = CoordinatorProcess::start_with(&bins, dir.path(), options).await?;
-        let agent = AgentProcess::start_with(
+        let coordinator =
+            CoordinatorProcess::start_with(&bins, dir.path(), options.coordinator).await?;
+        let relays = if options.relays {
+            Some(Relays {
+                source: netfault::Relay::start(source.addr()).await?,
+                dest: netfault::Relay::start(dest.addr()).await?,
+                coordinator: netfault::Relay::start(coordinator.addr).await?,
+            })
+        } else {
+            None
+        };
+        let agent_dir = dir.path().join("agent");
+        if let Some(prepare) = options.prepare_agent_dir {
+            std::fs::create_dir_all(&agent_dir)?;
+            prepare(&agent_dir)?;
+        }
+        let agent = AgentProcess::start_routed(
             &bins,
-            &dir.path().join("agent"),
+            &agent_dir,
             &coordinator,
+            relays.as_ref().map(|r| {
+                let scheme = if coordinator.tls() { "https" } else { "http" };
+                format!("{scheme}://{}", r.coordinator.addr())
+            }),
             &metadata.url(),
             false,
-            agent_args,
+            options.agent_args,
         )
         .await?;
         let api = coordinator.client().await?;
@@ -128,6 +205,7 @@ impl World {
             coordinator,
             agent,
             api,
+            relays,
         };
         world.wait_agent_connected(Duration::from_secs(30)).await?;
         world.register_destination().await?;
@@ -141,7 +219,12 @@ impl World {
                 instance: Some(pb::Instance {
                     instance_id: INSTANCE_ID.into(),
                     region: REGION.into(),
-                    uri: self.dest.uri(),
+                    // Through the agent's relay a direct connection: the destination's hello names its own
+                    // address, which replica-set discovery would switch to.
+                    uri: match &self.relays {
+                        Some(r) => format!("mongodb://{}/?directConnection=true", r.dest.addr()),
+                        None => self.dest.uri(),
+                    },
                     username: "admin".into(),
                     password: DEST_PASSWORD.into(),
                     ..Default::default()
@@ -162,7 +245,12 @@ impl World {
             kind: pb::TaskKind::Cvm as i32,
             cvm_id: CVM_ID.into(),
             mongo_host: self.source.addr().ip().to_string(),
-            port: u32::from(self.source.addr().port()),
+            port: u32::from(
+                self.relays
+                    .as_ref()
+                    .map_or(self.source.addr(), |r| r.source.addr())
+                    .port(),
+            ),
             username: "root".into(),
             password: SOURCE_PASSWORD.into(),
             destination_instance_id: INSTANCE_ID.into(),

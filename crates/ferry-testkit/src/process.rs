@@ -360,6 +360,29 @@ impl AgentProcess {
         pool: bool,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_routed(
+            bins,
+            work,
+            coordinator,
+            None,
+            metadata_url,
+            pool,
+            extra_args,
+        )
+        .await
+    }
+
+    /// Like [`AgentProcess::start_with`], the agent reaching the coordinator at `coordinator_url` when given
+    /// (e.g. through a relay whose link can be faulted) instead of its own address.
+    pub async fn start_routed(
+        bins: &Binaries,
+        work: &Path,
+        coordinator: &CoordinatorProcess,
+        coordinator_url: Option<String>,
+        metadata_url: &str,
+        pool: bool,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work)?;
         // Enrollment, as an operator does it: a join token for this agent's CVM (read from its metadata
         // service) or for the pool.
@@ -382,7 +405,7 @@ impl AgentProcess {
         let mut this = Self {
             bins: bins.clone(),
             work: work.to_path_buf(),
-            coordinator_url: coordinator.url(),
+            coordinator_url: coordinator_url.unwrap_or_else(|| coordinator.url()),
             tls_ca: coordinator.tls().then(|| coordinator.ca_file()),
             join_token_file,
             metadata_url: metadata_url.to_string(),

@@ -1,30 +1,50 @@
 //! `chaos`: a seeded fault campaign against whole migrations (`scripts/chaos --seed S --rounds R [--minutes M]`).
 //!
-//! Each round starts a mongosim source and destination, a coordinator and an enrolled agent (real processes),
-//! seeds the source, runs an application writer during the migration, and injects 1–3 faults at random points of
-//! the copy, the live apply, the cut-over and its verification: SIGKILL of the agent, of the coordinator, of both;
-//! the agent restarted with an emptied spool dir; source or destination network outages (mongosim's outage fault:
-//! connections closed, new ones refused; network namespaces are not used by this first campaign); command errors
-//! and slow replies on the source; NotWritablePrimary on the destination's writes. The round ends with
-//! CompleteTask with the product's verifier and an independent byte-for-byte comparison. One round in five ends with StopTask instead: the rollback must drop the task's
-//! databases and leave a bystander database alone. A round passes when the destination equals the source, when the
-//! task failed with a reason and, resumed with StartTask (resumable failures), then ends equal, or when the stop rolled
-//! back exactly what the task created. A SUCCEEDED task whose destination differs is a false success: the round
-//! fails. Faults aimed at the copy slow it with the product's own throttle so that they land in it. One round in
-//! three runs the agent with a 4 s retry budget, so an outage can outlast it: the task then fails resumable and the
-//! round resumes it with StartTask.
+//! Each round starts a mongosim source and destination, a coordinator and an enrolled agent (real processes), seeds
+//! the source, runs two applications during the migration (the realistic writer of issue #8, `realistic::Writer`:
+//! unique-value swaps, hot keys, small and >16 MiB transactions, TTL refreshes, capped inserts, views, cross-database
+//! renames, index builds that abort; and `write_round`: every update operator over documents of every BSON type),
+//! and injects 1–3 seeded faults at points of every phase: planning (right after StartTask), the copy (slowed by the
+//! product's throttle so the fault lands in it), the index build (held on the destination by a fail point while the
+//! fault strikes), the live apply, the cut-over (after CompleteTask, while it applies and verifies), a verification
+//! run of its own (VerifyTask after the task SUCCEEDED) and the rollback (after StopTask).
 //!
-//! Round `r` of a campaign uses seed `S + r`: `--seed S+r --rounds 1` replays it.
+//! Faults: SIGKILL of the agent, of the coordinator, of both; the agent restarted with an emptied spool dir; command
+//! errors and slow replies on the source, errors and NotWritablePrimary on the destination; and, with `--netns`
+//! (`scripts/chaos` runs the campaign in private network and mount namespaces when it can), real network faults on
+//! the agent's own links to the source, the destination and the coordinator (`netfault`: kernel traffic control on
+//! the namespace's loopback: blackholes of 5–90 s, slow and lossy links) and the agent's disk filling up (its data
+//! dir is a 64 MiB tmpfs; a ballast file takes every free byte for 3–15 s). Without `--netns`, mongosim's outage
+//! fault (connections closed, new ones refused) stands in for the link faults and there is no disk fault.
+//!
+//! A round passes when the task SUCCEEDED after the product's verifier and an independent byte-for-byte comparison
+//! says the destination equals the source; when it failed with a reason and, resumed with StartTask (resumable
+//! failures), then ends equal; or when StopTask rolled back exactly what the task created (a bystander database is
+//! left alone). A SUCCEEDED task whose destination differs is a false success, and a verification that reports
+//! mismatches on an equal destination is a false alarm: both fail the round. One round in five ends with StopTask;
+//! one in three runs the agent with a 4 s retry budget, so outages can outlast it and the task is resumed.
+//!
+//! Round `r` of a campaign uses seed `S + r`: `--seed S+r --rounds 1` replays it (in the same mode, `--netns` or not).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
-use ferry_e2e::{assert_same, phase, seed_every_type, state, write_round, World};
+use ferry_e2e::netfault::{Link, LinkFault, Links};
+use ferry_e2e::realistic::{self, Writer};
+use ferry_e2e::{
+    assert_same, phase, seed_every_type, state, write_round, PrepareAgentDir, World, WorldOptions,
+};
 use ferry_proto::v1 as pb;
+use ferry_testkit::Rng;
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// The databases a round migrates: `write_round`'s and the realistic writer's.
+const DATABASES: [&str; 3] = ["app", realistic::DB_A, realistic::DB_B];
+/// Size of the agent's data-dir filesystem with `--netns`.
+const AGENT_DISK_MB: u64 = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,83 +60,219 @@ struct Args {
     /// Stop starting new rounds after this many minutes (0: no limit).
     #[arg(long, default_value_t = 0)]
     minutes: u64,
-    /// Documents seeded per round.
+    /// Documents seeded per round in `app.things` (the realistic writer's databases come on top).
     #[arg(long, default_value_t = 3000)]
     docs: i32,
+    /// This process runs in private network and mount namespaces (scripts/chaos sets them up): use real link
+    /// faults (traffic control on the namespace's loopback) and a small filesystem for the agent's data dir.
+    #[arg(long)]
+    netns: bool,
+    /// Keep each round's coordinator and agent logs in DIR/round-<seed>/ (they are deleted with the round
+    /// otherwise).
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<std::path::PathBuf>,
+    /// Print each round's seeded plan (faults, where they strike, stop or complete, retry budget) without running.
+    #[arg(long)]
+    dry_run: bool,
 }
 
-/// SplitMix64: a small seeded generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// Where a fault strikes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a fault strikes, in the order of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum At {
+    Planning,
     Copy,
+    IndexBuild,
     LiveApply,
     Completing,
+    Verifying,
+    RollingBack,
 }
 
-/// What it does.
+/// One of the agent's links.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    Source,
+    Destination,
+    Coordinator,
+}
+
+/// What a fault does.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     KillAgent,
     KillCoordinator,
     KillBoth,
     AgentEmptySpool,
+    /// A real fault on the agent's link to a peer for some seconds (`--netns`).
+    Link(Peer, LinkFault, u64),
+    /// mongosim's outage fault for some seconds (without `--netns`).
     SourceOutage(u64),
     DestinationOutage(u64),
+    /// The agent's disk full for some seconds (`--netns`).
+    DiskFull(u64),
+    /// HostUnreachable on the source's next find/getMore.
     SourceErrors,
+    /// HostUnreachable on the destination's next inserts and updates.
+    DestinationErrors,
     SlowSource,
     /// NotWritablePrimary (10107) on the destination's next writes, as during a failover.
     DestinationNotPrimary,
 }
 
-fn plan(rng: &mut Rng) -> Vec<(At, Fault)> {
+struct Plan {
+    faults: Vec<(At, Fault)>,
+    stop_instead: bool,
+    short_budget: bool,
+}
+
+fn plan(rng: &mut Rng, netns: bool) -> Plan {
+    let stop_instead = rng.below(5) == 0;
+    let short_budget = rng.below(3) == 0;
+    let phases: &[At] = if stop_instead {
+        &[
+            At::Planning,
+            At::Copy,
+            At::IndexBuild,
+            At::LiveApply,
+            At::RollingBack,
+        ]
+    } else {
+        &[
+            At::Planning,
+            At::Copy,
+            At::IndexBuild,
+            At::LiveApply,
+            At::Completing,
+            At::Verifying,
+        ]
+    };
     let n = 1 + rng.below(3) as usize;
     let mut faults: Vec<(At, Fault)> = (0..n)
         .map(|_| {
-            let at = match rng.below(3) {
-                0 => At::Copy,
-                1 => At::LiveApply,
-                _ => At::Completing,
-            };
-            let fault = match rng.below(9) {
+            let at = phases[rng.below(phases.len() as u64) as usize];
+            let fault = match rng.below(12) {
                 0 => Fault::KillAgent,
                 1 => Fault::KillCoordinator,
                 2 => Fault::KillBoth,
                 3 => Fault::AgentEmptySpool,
-                4 => Fault::SourceOutage(2 + rng.below(6)),
-                5 => Fault::DestinationOutage(2 + rng.below(6)),
-                6 => Fault::SourceErrors,
-                7 => Fault::DestinationNotPrimary,
-                _ => Fault::SlowSource,
+                4 | 5 => {
+                    let peer = match rng.below(3) {
+                        0 => Peer::Source,
+                        1 => Peer::Destination,
+                        _ => Peer::Coordinator,
+                    };
+                    match (netns, peer) {
+                        (true, _) => {
+                            let (kind, secs) = match rng.below(3) {
+                                0 => (LinkFault::Blackhole, rng.between(5, 90)),
+                                1 => (LinkFault::Slow, rng.between(5, 20)),
+                                _ => (LinkFault::Lossy, rng.between(5, 20)),
+                            };
+                            Fault::Link(peer, kind, secs)
+                        }
+                        (false, Peer::Source) => Fault::SourceOutage(rng.between(2, 7)),
+                        (false, Peer::Destination) => Fault::DestinationOutage(rng.between(2, 7)),
+                        (false, Peer::Coordinator) => Fault::KillCoordinator,
+                    }
+                }
+                6 if netns => Fault::DiskFull(rng.between(3, 15)),
+                6 => Fault::AgentEmptySpool,
+                7 => Fault::SourceErrors,
+                8 => Fault::DestinationErrors,
+                9 => Fault::DestinationNotPrimary,
+                10 => Fault::SlowSource,
+                _ => Fault::KillAgent,
             };
             (at, fault)
         })
         .collect();
-    faults.sort_by_key(|(at, _)| match at {
-        At::Copy => 0,
-        At::LiveApply => 1,
-        At::Completing => 2,
-    });
-    faults
+    faults.sort_by_key(|(at, _)| *at);
+    Plan {
+        faults,
+        stop_instead,
+        short_budget,
+    }
 }
 
-async fn inject(world: &mut World, task_id: &str, fault: Fault) -> anyhow::Result<()> {
+/// The netns-only machinery of a round: the agent's links and its small disk.
+struct NetFaults {
+    links: Links,
+    source: Link,
+    dest: Link,
+    coordinator: Link,
+}
+
+impl NetFaults {
+    fn link(&self, peer: Peer) -> Link {
+        match peer {
+            Peer::Source => self.source,
+            Peer::Destination => self.dest,
+            Peer::Coordinator => self.coordinator,
+        }
+    }
+}
+
+/// A tmpfs mounted on the agent's data dir; lazily unmounted when dropped.
+struct AgentDisk(std::path::PathBuf);
+
+impl AgentDisk {
+    fn mount(dir: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={AGENT_DISK_MB}m,mode=0700"))
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .context("running mount")?;
+        anyhow::ensure!(
+            status.success(),
+            "mount -t tmpfs on {} failed",
+            dir.display()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for AgentDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Takes every free byte of the agent's disk for `secs`, then frees it.
+async fn fill_disk(world: &World, secs: u64) -> anyhow::Result<()> {
+    let ballast = world.agent.data_dir().join("ballast");
+    let path = ballast.clone();
+    let filled = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(_) => break,
+            }
+        }
+        Ok(total)
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    std::fs::remove_file(&ballast).with_context(|| format!("freeing {filled} ballast bytes"))?;
+    Ok(())
+}
+
+async fn inject(
+    world: &mut World,
+    net: Option<&NetFaults>,
+    task_id: &str,
+    fault: Fault,
+) -> anyhow::Result<()> {
     match fault {
         Fault::KillAgent => {
             world.agent.kill9().await?;
@@ -142,6 +298,13 @@ async fn inject(world: &mut World, task_id: &str, fault: Fault) -> anyhow::Resul
             }
             world.agent.restart().await?;
         }
+        Fault::Link(peer, kind, secs) => {
+            let net = net.context("a link fault needs --netns")?;
+            let link = net.link(peer);
+            net.links.set(link, Some(kind))?;
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            net.links.set(link, None)?;
+        }
         Fault::SourceOutage(s) => {
             world.source.faults().set_outage(true);
             tokio::time::sleep(Duration::from_secs(s)).await;
@@ -152,10 +315,16 @@ async fn inject(world: &mut World, task_id: &str, fault: Fault) -> anyhow::Resul
             tokio::time::sleep(Duration::from_secs(s)).await;
             world.dest.faults().set_outage(false);
         }
+        Fault::DiskFull(secs) => fill_disk(world, secs).await?,
         Fault::SourceErrors => {
             // HostUnreachable (6) on the next reads: retried by the engine.
             world.source.faults().fail_command("getMore", 6, Some(3));
             world.source.faults().fail_command("find", 6, Some(2));
+        }
+        Fault::DestinationErrors => {
+            for command in ["insert", "update", "bulkWrite"] {
+                world.dest.faults().fail_command(command, 6, Some(2));
+            }
         }
         Fault::DestinationNotPrimary => {
             for command in ["insert", "update", "delete", "bulkWrite"] {
@@ -174,41 +343,107 @@ async fn inject(world: &mut World, task_id: &str, fault: Fault) -> anyhow::Resul
     Ok(())
 }
 
-/// The application: write rounds until told to stop; errors (outages) are skipped like a retrying app would.
-fn start_writer(
-    client: mongodb::Client,
-) -> (Arc<AtomicBool>, Arc<AtomicI32>, tokio::task::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicI32::new(0));
-    let (s, r) = (Arc::clone(&stop), Arc::clone(&rounds));
-    let task = tokio::spawn(async move {
-        while !s.load(Ordering::Relaxed) {
-            let round = r.load(Ordering::Relaxed);
-            if write_round(&client, "app", round).await.is_ok() {
-                r.fetch_add(1, Ordering::Relaxed);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    (stop, rounds, task)
+/// The two applications of a round.
+struct Apps {
+    realistic: Writer,
+    simple_stop: Arc<AtomicBool>,
+    simple: tokio::task::JoinHandle<()>,
+    stopped: bool,
 }
 
-async fn wait_at(world: &World, task_id: &str, at: At) -> anyhow::Result<()> {
-    match at {
-        At::Copy => {
-            world
-                .wait_task(task_id, 2 * MINUTE, |t| {
-                    t.phase != phase(pb::TaskPhase::DataSync)
-                        || t.progress.as_ref().is_some_and(|p| p.documents_copied > 0)
-                })
-                .await?;
+impl Apps {
+    fn start(world: &World, seed: u64) -> Self {
+        let realistic = Writer::start_with(world, seed, true);
+        let simple_stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicI32::new(0));
+        let client = world.source_client.clone();
+        let stop = Arc::clone(&simple_stop);
+        // Errors (outages, faults) are skipped like a retrying application would.
+        let simple = tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let round = rounds.load(Ordering::Relaxed);
+                let _ = write_round(&client, "app", round).await;
+                rounds.fetch_add(1, Ordering::Relaxed);
+                // Pacing of the application (each round does five DDL operations), not a synchronisation.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self {
+            realistic,
+            simple_stop,
+            simple,
+            stopped: false,
         }
-        At::LiveApply | At::Completing => {
-            world
-                .wait_task(task_id, 3 * MINUTE, |t| {
-                    t.phase == phase(pb::TaskPhase::OplogSync)
-                })
-                .await?;
+    }
+
+    /// Stops both (the cut-over's quiescence) and waits for the source's TTL monitor to catch up.
+    async fn stop(&mut self, world: &World) -> anyhow::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        self.simple_stop.store(true, Ordering::Relaxed);
+        (&mut self.simple).await?;
+        self.realistic.stop().await?;
+        realistic::source_ttl_caught_up(&world.source_client).await
+    }
+}
+
+/// Waits until `done` holds, resuming the task (StartTask, at most 3 times in a round) when a fault made it fail
+/// resumable, as an operator would.
+async fn wait_running(
+    world: &World,
+    task_id: &str,
+    timeout: Duration,
+    resumes: &mut u32,
+    done: impl Fn(&pb::Task) -> bool,
+) -> anyhow::Result<()> {
+    loop {
+        let task = world
+            .wait_task(task_id, timeout, |t| {
+                done(t) || t.state == state(pb::TaskState::Failed)
+            })
+            .await?;
+        if task.state != state(pb::TaskState::Failed) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            task.resumable && *resumes < 3,
+            "task failed: {} (resumable {}, after {resumes} resumes)",
+            task.failure_reason,
+            task.resumable
+        );
+        *resumes += 1;
+        world
+            .api
+            .clone()
+            .start_task(pb::StartTaskRequest {
+                task_id: task_id.to_owned(),
+            })
+            .await?;
+    }
+}
+
+async fn wait_at(world: &World, task_id: &str, at: At, resumes: &mut u32) -> anyhow::Result<()> {
+    let past_copy = |t: &pb::Task| {
+        t.phase == phase(pb::TaskPhase::IndexCreation) || t.phase == phase(pb::TaskPhase::OplogSync)
+    };
+    match at {
+        At::Planning | At::Verifying => {}
+        At::Copy => {
+            wait_running(world, task_id, 2 * MINUTE, resumes, |t| {
+                past_copy(t)
+                    || (t.phase == phase(pb::TaskPhase::DataSync)
+                        && t.progress.as_ref().is_some_and(|p| p.documents_copied > 0))
+            })
+            .await?;
+        }
+        At::IndexBuild => wait_running(world, task_id, 3 * MINUTE, resumes, past_copy).await?,
+        At::LiveApply | At::Completing | At::RollingBack => {
+            wait_running(world, task_id, 5 * MINUTE, resumes, |t| {
+                t.phase == phase(pb::TaskPhase::OplogSync)
+            })
+            .await?;
         }
     }
     Ok(())
@@ -227,57 +462,197 @@ enum Outcome {
 /// A database on the destination that no task created: a rollback must leave it alone.
 const BYSTANDER: &str = "bystander";
 
-async fn complete(world: &mut World, task_id: &str) -> anyhow::Result<pb::Task> {
-    let mut api = world.api.clone();
-    api.complete_task(pb::CompleteTaskRequest {
-        task_id: task_id.to_owned(),
-        require_verification: true,
-    })
-    .await?;
+async fn throttle(world: &World, task_id: &str, copy_per_second: u64) -> anyhow::Result<()> {
     world
-        .wait_task(task_id, 5 * MINUTE, |t| {
-            t.state == state(pb::TaskState::Succeeded) || t.state == state(pb::TaskState::Failed)
+        .api
+        .clone()
+        .set_task_throttle(pb::SetTaskThrottleRequest {
+            task_id: task_id.to_owned(),
+            throttle: Some(pb::Throttle {
+                copy_documents_per_second: copy_per_second,
+                ..Default::default()
+            }),
         })
-        .await
+        .await?;
+    Ok(())
 }
 
-async fn round(seed: u64, docs: i32) -> anyhow::Result<(Vec<(At, Fault)>, bool, Outcome)> {
+async fn complete(world: &World, task_id: &str) -> anyhow::Result<()> {
+    world
+        .api
+        .clone()
+        .complete_task(pb::CompleteTaskRequest {
+            task_id: task_id.to_owned(),
+            require_verification: true,
+        })
+        .await?;
+    Ok(())
+}
+
+async fn stop(world: &World, task_id: &str) -> anyhow::Result<()> {
+    world
+        .api
+        .clone()
+        .stop_task(pb::StopTaskRequest {
+            task_id: task_id.to_owned(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// What a round saw besides its outcome.
+#[derive(Default)]
+struct Seen {
+    /// Where each fault landed: the task's state and phase when it struck.
+    landed: Vec<String>,
+    /// The engine's retries of transient failures, as the task reported them at the end.
+    retries: u64,
+    /// Times the agent logged that its disk was full and the spool waited for space.
+    disk_full_waits: usize,
+}
+
+async fn round(
+    seed: u64,
+    docs: i32,
+    netns: bool,
+    keep_logs: Option<&std::path::Path>,
+) -> (Plan, Seen, anyhow::Result<(Outcome, &'static str)>) {
     let mut rng = Rng(seed);
-    let faults = plan(&mut rng);
-    // One round in three runs the agent with a 4 s retry budget: its outages (2-7 s) may then outlast it, the task
-    // fails resumable, and the round resumes it with StartTask.
-    let short_budget = rng.below(3) == 0;
-    let agent_args: &[&str] = if short_budget {
+    let plan = plan(&mut rng, netns);
+    let mut seen = Seen::default();
+    let result = run_round(seed, docs, netns, &plan, &mut seen, keep_logs).await;
+    (plan, seen, result)
+}
+
+/// The task's state and phase, for the report.
+fn where_now(t: &pb::Task) -> String {
+    let name = pb::TaskState::try_from(t.state)
+        .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_owned())
+        .unwrap_or_default();
+    if t.state == state(pb::TaskState::Running) || t.state == state(pb::TaskState::Completing) {
+        let phase = pb::TaskPhase::try_from(t.phase)
+            .map(|p| p.as_str_name().trim_start_matches("TASK_PHASE_").to_owned())
+            .unwrap_or_default();
+        format!("{name}/{phase}")
+    } else {
+        name
+    }
+}
+
+async fn run_round(
+    seed: u64,
+    docs: i32,
+    netns: bool,
+    plan: &Plan,
+    seen: &mut Seen,
+    keep_logs: Option<&std::path::Path>,
+) -> anyhow::Result<(Outcome, &'static str)> {
+    let agent_args: &[&str] = if plan.short_budget {
         &["--retry-budget", "4s"]
     } else {
         &[]
     };
-    let mut world = World::start_with(64, agent_args).await?;
+    let mut world = World::start_opts(
+        WorldOptions {
+            agent_args,
+            relays: true,
+            prepare_agent_dir: netns.then(|| {
+                Box::new(|work: &std::path::Path| AgentDisk::mount(&work.join("agent-data")))
+                    as PrepareAgentDir
+            }),
+            ..WorldOptions::default()
+        },
+        |source| source.ttl_monitor_interval(realistic::TTL_INTERVAL),
+    )
+    .await?;
+    let _disk = netns.then(|| AgentDisk(world.agent.data_dir()));
+    let mut task_id = String::new();
+    let result = drive(&mut world, seed, docs, netns, plan, seen, &mut task_id).await;
+    if let Ok(task) = world.get_task(&task_id).await {
+        seen.retries = task.progress.map(|p| p.retries).unwrap_or_default();
+    }
+    seen.disk_full_waits = world
+        .agent
+        .logs()
+        .matches("the agent's disk is full: spooling waits")
+        .count();
+    if let Some(dir) = keep_logs {
+        if let Err(e) = copy_logs(world.path(), &dir.join(format!("round-{seed}"))) {
+            println!("  could not keep the logs of round {seed}: {e:#}");
+        }
+    }
+    result
+}
+
+/// Copies the `*.log` and `*.out` files of a round's directory (the coordinator's, and the agent's below `agent/`).
+fn copy_logs(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    for (src, dst) in [
+        (from.to_path_buf(), to.to_path_buf()),
+        (from.join("agent"), to.join("agent")),
+    ] {
+        std::fs::create_dir_all(&dst)?;
+        for entry in std::fs::read_dir(&src)? {
+            let path = entry?.path();
+            let keep = path.extension().is_some_and(|e| e == "log" || e == "out");
+            if keep {
+                if let Some(name) = path.file_name() {
+                    std::fs::copy(&path, dst.join(name))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    world: &mut World,
+    seed: u64,
+    docs: i32,
+    netns: bool,
+    plan: &Plan,
+    seen: &mut Seen,
+    task_id_out: &mut String,
+) -> anyhow::Result<(Outcome, &'static str)> {
+    let net = if netns {
+        let relays = world.relays.as_ref().context("relays")?;
+        let mut links = Links::install()?;
+        let source = links.add(relays.source.addr().port())?;
+        let dest = links.add(relays.dest.addr().port())?;
+        let coordinator = links.add(relays.coordinator.addr().port())?;
+        Some(NetFaults {
+            links,
+            source,
+            dest,
+            coordinator,
+        })
+    } else {
+        None
+    };
     seed_every_type(&world.source_client, "app", "things", docs).await?;
+    realistic::seed_source(&world.source_client).await?;
     world
         .dest_client
         .database(BYSTANDER)
         .collection::<mongodb::bson::Document>("keep")
         .insert_one(mongodb::bson::doc! { "_id": 1, "note": "not the task's" })
         .await?;
-    let task_id = world.create_checked_task(&["app"]).await?;
-    let stop_instead = rng.below(5) == 0;
+    let task_id = world.create_checked_task(&DATABASES).await?;
+    task_id_out.clone_from(&task_id);
+    let has = |at: At| plan.faults.iter().any(|(a, _)| *a == at);
     // A fault aimed at the copy needs a copy long enough to land in: the product's own throttle slows it down.
-    let slow_copy = faults.iter().any(|(at, _)| *at == At::Copy);
-    if slow_copy {
-        world
-            .api
-            .clone()
-            .set_task_throttle(pb::SetTaskThrottleRequest {
-                task_id: task_id.clone(),
-                throttle: Some(pb::Throttle {
-                    copy_documents_per_second: u64::try_from(docs / 3).unwrap_or(1000).max(100),
-                    ..Default::default()
-                }),
-            })
-            .await?;
+    let mut throttled = has(At::Copy);
+    if throttled {
+        throttle(world, &task_id, 1000).await?;
     }
-    let (stop, _rounds, writer) = start_writer(world.source_client.clone());
+    // A fault aimed at the index build strikes while the destination holds the build before its commit.
+    if has(At::IndexBuild) {
+        world
+            .dest
+            .faults()
+            .set_fail_point("hangIndexBuildBeforeCommit", true);
+    }
+    let mut apps = Apps::start(world, seed);
     world
         .api
         .clone()
@@ -286,137 +661,267 @@ async fn round(seed: u64, docs: i32) -> anyhow::Result<(Vec<(At, Fault)>, bool, 
         })
         .await?;
     let mut completing = false;
-    let mut last: Option<pb::Task> = None;
-    for (at, fault) in &faults {
-        wait_at(&world, &task_id, *at).await?;
-        if slow_copy && *at != At::Copy {
-            world
-                .api
-                .clone()
-                .set_task_throttle(pb::SetTaskThrottleRequest {
-                    task_id: task_id.clone(),
-                    throttle: Some(pb::Throttle::default()),
-                })
-                .await?;
+    let mut stopping = false;
+    let mut verifying = false;
+    let mut resumes = 0;
+    for (at, fault) in &plan.faults {
+        if *at == At::Verifying && !verifying {
+            apps.stop(world).await?;
+            release(world, &task_id, &mut throttled).await?;
+            let outcome = finish(world, &task_id, completing, &mut resumes).await?;
+            let Outcome::Equal { .. } = outcome else {
+                return Ok((outcome, "-"));
+            };
+            verify(world, &task_id).await?;
+            verifying = true;
         }
-        if *at == At::Completing && !completing && !stop_instead {
-            stop.store(true, Ordering::Relaxed);
-            world
-                .api
-                .clone()
-                .complete_task(pb::CompleteTaskRequest {
-                    task_id: task_id.clone(),
-                    require_verification: true,
-                })
-                .await?;
+        wait_at(world, &task_id, *at, &mut resumes).await?;
+        if *at > At::Copy && throttled {
+            throttle(world, &task_id, 0).await?;
+            throttled = false;
+        }
+        if *at == At::Completing && !completing {
+            apps.stop(world).await?;
+            complete(world, &task_id).await?;
             completing = true;
         }
-        inject(&mut world, &task_id, *fault).await?;
+        if *at == At::RollingBack && !stopping {
+            apps.stop(world).await?;
+            stop(world, &task_id).await?;
+            stopping = true;
+        }
+        let now = world.get_task(&task_id).await?;
+        let verification = now.verification.as_ref().filter(|_| verifying).map(|v| {
+            let state = pb::VerificationState::try_from(v.state)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("VERIFICATION_STATE_")
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            format!(", verification run {} {state}", v.run)
+        });
+        seen.landed.push(format!(
+            "{}{}",
+            where_now(&now),
+            verification.unwrap_or_default()
+        ));
+        inject(world, net.as_ref(), &task_id, *fault).await?;
+        if *at == At::IndexBuild {
+            world
+                .dest
+                .faults()
+                .set_fail_point("hangIndexBuildBeforeCommit", false);
+        }
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await?;
+    apps.stop(world).await?;
+    if let Some(net) = &net {
+        for peer in [Peer::Source, Peer::Destination, Peer::Coordinator] {
+            net.links.set(net.link(peer), None)?;
+        }
+    }
+    if verifying {
+        return check_verification(world, &task_id).await.map(|documents| {
+            (
+                Outcome::Equal { documents, resumes },
+                "verify-only run under faults: passed",
+            )
+        });
+    }
+    if !stopping {
+        release(world, &task_id, &mut throttled).await?;
+    } else {
+        world.source.faults().clear();
+        world.dest.faults().clear();
+    }
+    if plan.stop_instead {
+        return stop_and_check(world, &task_id, stopping)
+            .await
+            .map(|()| (Outcome::RolledBack, "-"));
+    }
+    let outcome = finish(world, &task_id, completing, &mut resumes).await?;
+    Ok((outcome, "at cut-over"))
+}
+
+/// Lifts every mongosim fault, fail point and the copy throttle.
+async fn release(world: &World, task_id: &str, throttled: &mut bool) -> anyhow::Result<()> {
     world.source.faults().clear();
     world.dest.faults().clear();
-    if slow_copy {
-        world
-            .api
-            .clone()
-            .set_task_throttle(pb::SetTaskThrottleRequest {
-                task_id: task_id.clone(),
-                throttle: Some(pb::Throttle::default()),
+    if std::mem::take(throttled) {
+        throttle(world, task_id, 0).await?;
+    }
+    Ok(())
+}
+
+/// Brings the task to an end: CompleteTask (unless already sent), StartTask again after resumable failures. Checks
+/// a SUCCEEDED destination independently.
+async fn finish(
+    world: &mut World,
+    task_id: &str,
+    completing: bool,
+    resumes: &mut u32,
+) -> anyhow::Result<Outcome> {
+    let mut sent = completing;
+    loop {
+        if !sent {
+            wait_running(world, task_id, 5 * MINUTE, resumes, |t| {
+                t.phase == phase(pb::TaskPhase::OplogSync)
             })
             .await?;
-    }
-    if stop_instead {
-        return stop_and_check(&mut world, &task_id)
-            .await
-            .map(|()| (faults, short_budget, Outcome::RolledBack));
-    }
-    let mut resumes = 0;
-    loop {
-        let task = if completing && last.is_none() {
-            world
-                .wait_task(&task_id, 5 * MINUTE, |t| {
-                    t.state == state(pb::TaskState::Succeeded)
-                        || t.state == state(pb::TaskState::Failed)
-                })
-                .await?
-        } else {
-            if !completing || last.is_some() {
-                world
-                    .wait_task(&task_id, 3 * MINUTE, |t| {
-                        t.phase == phase(pb::TaskPhase::OplogSync)
-                    })
-                    .await?;
-            }
-            complete(&mut world, &task_id).await?
-        };
-        last = Some(task.clone());
+            complete(world, task_id).await?;
+        }
+        sent = false;
+        let task = world
+            .wait_task(task_id, 5 * MINUTE, |t| {
+                t.state == state(pb::TaskState::Succeeded)
+                    || t.state == state(pb::TaskState::Failed)
+            })
+            .await?;
         if task.state == state(pb::TaskState::Succeeded) {
-            let documents = assert_same(&world.source_client, &world.dest_client, &["app"])
+            let documents = compare(world)
                 .await
                 .map_err(|e| anyhow::anyhow!("FALSE SUCCESS: the task SUCCEEDED but {e:#}"))?;
-            return Ok((faults, short_budget, Outcome::Equal { documents, resumes }));
+            return Ok(Outcome::Equal {
+                documents,
+                resumes: *resumes,
+            });
         }
         anyhow::ensure!(
             !task.failure_reason.is_empty(),
             "the task FAILED without a reason"
         );
         if !task.resumable {
-            return Ok((
-                faults,
-                short_budget,
-                Outcome::FailedClearly(task.failure_reason),
-            ));
+            return Ok(Outcome::FailedClearly(task.failure_reason));
         }
         anyhow::ensure!(
-            resumes < 3,
+            *resumes < 3,
             "still failing after 3 resumptions: {}",
             task.failure_reason
         );
-        resumes += 1;
+        *resumes += 1;
         world
             .api
             .clone()
             .start_task(pb::StartTaskRequest {
-                task_id: task_id.clone(),
+                task_id: task_id.to_owned(),
             })
             .await?;
     }
 }
 
-/// StopTask: the task ends FAILED ("stopped by operator") and the destination holds nothing of the task's
-/// databases any more, while the bystander database is untouched.
-async fn stop_and_check(world: &mut World, task_id: &str) -> anyhow::Result<()> {
-    let current = world.get_task(task_id).await?;
-    if current.state == state(pb::TaskState::Running)
-        || current.state == state(pb::TaskState::Completing)
-        || (current.state == state(pb::TaskState::Failed) && current.resumable)
-    {
+/// The independent comparison: every migrated database byte for byte (documents, options, indexes), and the capped
+/// collection in natural order.
+async fn compare(world: &World) -> anyhow::Result<u64> {
+    let documents = assert_same(&world.source_client, &world.dest_client, &DATABASES).await?;
+    realistic::assert_natural_order_equal(world, realistic::DB_A, "events").await?;
+    Ok(documents)
+}
+
+async fn verify(world: &World, task_id: &str) -> anyhow::Result<()> {
+    world
+        .api
+        .clone()
+        .verify_task(pb::VerifyTaskRequest {
+            task_id: task_id.to_owned(),
+            mode: pb::VerifyMode::Full as i32,
+        })
+        .await?;
+    Ok(())
+}
+
+fn verification_done(t: &pb::Task) -> bool {
+    t.verification.as_ref().is_some_and(|v| {
+        v.state == pb::VerificationState::Passed as i32
+            || v.state == pb::VerificationState::Failed as i32
+    })
+}
+
+/// After faults during a verify-only run of a SUCCEEDED (and independently equal) task: the run passed, or it could
+/// not finish and says why without confirming any mismatch, and a new run then passes. A confirmed mismatch on an
+/// equal destination is a false alarm.
+async fn check_verification(world: &World, task_id: &str) -> anyhow::Result<u64> {
+    let documents = compare(world).await?;
+    for attempt in 0..3 {
+        let task = world
+            .wait_task(task_id, 5 * MINUTE, verification_done)
+            .await?;
+        let v = task.verification.unwrap_or_default();
+        let confirmed = v.confirmed.unwrap_or_default();
+        let mismatches = confirmed.missing_on_destination
+            + confirmed.extra_on_destination
+            + confirmed.different
+            + confirmed.metadata;
+        anyhow::ensure!(
+            mismatches == 0,
+            "FALSE ALARM: verification confirmed {mismatches} mismatches ({confirmed:?}) on an equal destination: {}",
+            v.detail
+        );
+        if v.state == pb::VerificationState::Passed as i32 {
+            return Ok(documents);
+        }
+        anyhow::ensure!(
+            !v.detail.is_empty(),
+            "a verification FAILED with no mismatch and no reason"
+        );
+        println!(
+            "  verification run {} could not finish: {} (attempt {attempt}); running it again",
+            v.run, v.detail
+        );
+        verify(world, task_id).await?;
         world
-            .api
-            .clone()
-            .stop_task(pb::StopTaskRequest {
-                task_id: task_id.to_owned(),
+            .wait_task(task_id, MINUTE, |t| {
+                t.verification.as_ref().is_some_and(|x| x.run > v.run)
             })
             .await?;
     }
-    let done = world
-        .wait_task(task_id, 3 * MINUTE, |t| {
+    anyhow::bail!("verification still not passing after 3 runs")
+}
+
+/// StopTask (unless already sent): the task ends FAILED ("stopped by operator") and the destination holds nothing
+/// of the task's databases any more, while the bystander database is untouched.
+async fn stop_and_check(world: &mut World, task_id: &str, sent: bool) -> anyhow::Result<()> {
+    let current = world.get_task(task_id).await?;
+    if !sent
+        && (current.state == state(pb::TaskState::Running)
+            || current.state == state(pb::TaskState::Completing)
+            || (current.state == state(pb::TaskState::Failed) && current.resumable))
+    {
+        stop(world, task_id).await?;
+    }
+    let mut done = world
+        .wait_task(task_id, 5 * MINUTE, |t| {
             t.state == state(pb::TaskState::Failed) && !t.resumable
         })
-        .await?;
+        .await;
+    // A rollback that failed resumable (its destination unreachable for longer than the retry budget) is stopped
+    // again, as an operator would.
+    for _ in 0..3 {
+        let Err(e) = &done else { break };
+        let now = world.get_task(task_id).await?;
+        if !(now.state == state(pb::TaskState::Failed) && now.resumable) {
+            anyhow::bail!("{e:#}");
+        }
+        stop(world, task_id).await?;
+        done = world
+            .wait_task(task_id, 5 * MINUTE, |t| {
+                t.state == state(pb::TaskState::Failed) && !t.resumable
+            })
+            .await;
+    }
+    let done = done?;
     anyhow::ensure!(
         done.failure_reason.contains("stopped by operator"),
         "the rollback did not finish as a stop: {}",
         done.failure_reason
     );
-    let left = world
-        .dest_client
-        .database("app")
-        .list_collection_names()
-        .await?;
-    anyhow::ensure!(left.is_empty(), "the rollback left {left:?} in app");
+    for db in DATABASES {
+        let left = world
+            .dest_client
+            .database(db)
+            .list_collection_names()
+            .await?;
+        anyhow::ensure!(left.is_empty(), "the rollback left {left:?} in {db}");
+    }
     let kept = world
         .dest_client
         .database(BYSTANDER)
@@ -430,14 +935,67 @@ async fn stop_and_check(world: &mut World, task_id: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+fn describe(plan: &Plan, seen: &Seen) -> String {
+    let faults: Vec<String> = plan
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(i, (at, fault))| match seen.landed.get(i) {
+            Some(landed) => format!("{at:?}: {fault:?} in {landed}"),
+            None => format!("{at:?}: {fault:?}"),
+        })
+        .collect();
+    let mut s = format!("[{}] retries {}", faults.join(", "), seen.retries);
+    if seen.disk_full_waits > 0 {
+        s.push_str(&format!(", disk-full waits {}", seen.disk_full_waits));
+    }
+    if plan.short_budget {
+        s.push_str(" (retry budget 4s)");
+    }
+    if plan.stop_instead {
+        s.push_str(" (StopTask)");
+    }
+    s
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.dry_run {
+        for r in 0..args.rounds {
+            let seed = args.seed + r;
+            let plan = plan(&mut Rng(seed), args.netns);
+            println!(
+                "round {r} seed {seed} faults {}",
+                describe(&plan, &Seen::default())
+            );
+        }
+        return Ok(());
+    }
+    if args.netns && !ferry_e2e::netfault::in_private_netns() {
+        anyhow::bail!("--netns: this process is not in a private network namespace (run scripts/chaos, which creates one)");
+    }
+    if args.netns {
+        // A fresh network namespace starts with its loopback down.
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .context("running ip (iproute2)")?;
+        anyhow::ensure!(up.success(), "ip link set lo up failed");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let started = Instant::now();
+        println!(
+            "chaos: network faults: {}",
+            if args.netns {
+                "real (traffic control on the agent's links in a private network namespace), disk-full faults on a 64 MiB tmpfs"
+            } else {
+                "mongosim outages (no private network namespace), no disk-full faults"
+            }
+        );
         let (mut equal, mut clear, mut stopped, mut bad) = (0u64, 0u64, 0u64, 0u64);
         for r in 0..args.rounds {
             if args.minutes > 0 && started.elapsed() > Duration::from_secs(args.minutes * 60) {
@@ -446,29 +1004,29 @@ fn main() -> anyhow::Result<()> {
             }
             let seed = args.seed + r;
             let t = Instant::now();
-            let result = round(seed, args.docs).await;
+            let (plan, seen, result) = round(seed, args.docs, args.netns, args.keep_logs.as_deref()).await;
             let secs = t.elapsed().as_secs_f64();
+            let faults = describe(&plan, &seen);
             match result {
-                Ok((faults, short, Outcome::Equal { documents, resumes })) => {
+                Ok((Outcome::Equal { documents, resumes }, verified)) => {
                     equal += 1;
-                    let budget = if short { " (retry budget 4s)" } else { "" };
                     println!(
-                        "round {r} seed {seed} faults {faults:?}{budget} -> PASS equal ({documents} documents compared, {resumes} resumes) in {secs:.1}s"
+                        "round {r} seed {seed} faults {faults} -> PASS equal ({documents} documents compared, {resumes} resumes, verified {verified}) in {secs:.1}s"
                     );
                 }
-                Ok((faults, _, Outcome::FailedClearly(reason))) => {
+                Ok((Outcome::FailedClearly(reason), _)) => {
                     clear += 1;
-                    println!("round {r} seed {seed} faults {faults:?} -> PASS failed clearly: {reason} in {secs:.1}s");
+                    println!("round {r} seed {seed} faults {faults} -> PASS failed clearly: {reason} in {secs:.1}s");
                 }
-                Ok((faults, _, Outcome::RolledBack)) => {
+                Ok((Outcome::RolledBack, _)) => {
                     stopped += 1;
                     println!(
-                        "round {r} seed {seed} faults {faults:?} -> PASS stopped: rolled back exactly what it created in {secs:.1}s"
+                        "round {r} seed {seed} faults {faults} -> PASS stopped: rolled back exactly what it created in {secs:.1}s"
                     );
                 }
                 Err(error) => {
                     bad += 1;
-                    println!("round {r} seed {seed} -> FAIL: {error:#} in {secs:.1}s");
+                    println!("round {r} seed {seed} faults {faults} -> FAIL: {error:#} in {secs:.1}s");
                 }
             }
         }
