@@ -506,7 +506,7 @@ impl Coordinator {
         } else {
             let destination = self.check_destination(&task.spec).await?;
             if from == TaskState::Failed {
-                // Rolling back a resumable failure: nothing runs, so the rollback is a new assignment (the failed
+                // Rolling back a failure: nothing runs, so the rollback is a new assignment (the failed
                 // run's agent if it is still here); with no eligible agent it waits like any orphaned task.
                 let tasks = self.db(|s| s.list_tasks()).await?;
                 match scheduler::pick(&task, &self.registry.connected(), &tasks) {

@@ -682,7 +682,7 @@ async fn a_resumable_failure_resumes_from_its_checkpoint_on_start_task() {
 }
 
 #[tokio::test]
-async fn a_resumable_failure_can_be_rolled_back_and_a_permanent_one_cannot_restart() {
+async fn any_failure_can_be_rolled_back_once_and_only_a_resumable_one_restarts() {
     let coord = Coord::start().await;
     let mut op = setup(&coord).await;
     let mut agent = FakeAgent::connect(&coord, AGENT, CVM, false).await;
@@ -713,25 +713,58 @@ async fn a_resumable_failure_can_be_rolled_back_and_a_permanent_one_cannot_resta
     assert_eq!(stopped.failure_reason, "stopped by operator");
     assert!(!stopped.resumable);
 
-    // A permanent failure: StartTask and StopTask are refused and the error says why.
-    let (id2, e2, _) = running_with_checkpoint(&mut op, &mut agent, "p").await;
+    // A stopped task has nothing left to roll back: a second StopTask says so.
+    let err = op
+        .stop_task(pb::StopTaskRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("nothing left to roll back"),
+        "{}",
+        err.message()
+    );
+
+    // A permanent failure: StartTask is refused and says why; StopTask still rolls back what it created (the
+    // rollback gets the failed run's checkpoint, which lists the namespaces it created).
+    let (id2, e2, checkpoint2) = running_with_checkpoint(&mut op, &mut agent, "p").await;
     fail(&agent, &id2, e2, false).await;
-    wait_task(&mut op, &id2, |t| t.state() == pb::TaskState::Failed).await;
-    for result in [
-        op.start_task(pb::StartTaskRequest {
+    let failed = wait_task(&mut op, &id2, |t| t.state() == pb::TaskState::Failed).await;
+    assert!(!failed.resumable);
+    let err = op
+        .start_task(pb::StartTaskRequest {
             task_id: id2.clone(),
         })
         .await
-        .map(drop),
-        op.stop_task(pb::StopTaskRequest {
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("not resumable"), "{}", err.message());
+    assert!(err.message().contains("StopTask"), "{}", err.message());
+    let stopping = op
+        .stop_task(pb::StopTaskRequest {
             task_id: id2.clone(),
         })
         .await
-        .map(drop),
-    ] {
-        let err = result.unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition);
-        assert!(err.message().contains("not resumable"), "{}", err.message());
-    }
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopping.state(), pb::TaskState::Stopping);
+    let cmd = agent.recv().await;
+    let Some(C::StopMigration(stop)) = &cmd.body else {
+        panic!("{cmd:?}")
+    };
+    assert_eq!(
+        stop.checkpoint.as_ref().map(|c| c.engine_state.clone()),
+        Some(checkpoint2.engine_state)
+    );
+    agent
+        .send(&id2, cmd.epoch, A::Stopped(pb::TaskStopped::default()))
+        .await;
+    let stopped = wait_task(&mut op, &id2, |t| {
+        t.state() == pb::TaskState::Failed && t.failure_reason == "stopped by operator"
+    })
+    .await;
+    assert!(!stopped.resumable);
     coord.shutdown().await;
 }

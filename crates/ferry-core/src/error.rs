@@ -1,7 +1,7 @@
 //! Errors of the domain layer: invalid input (naming the field) and illegal transitions (naming the state and the
 //! actions allowed in it). The coordinator maps them to gRPC status codes; nothing here knows about gRPC.
 
-use crate::state::{Action, TaskState};
+use crate::state::{Action, Failure, TaskState};
 
 /// Dotted path of an input field, e.g. `spec.port`, as shown to operators.
 pub type Field = &'static str;
@@ -21,12 +21,12 @@ pub enum CoreError {
     #[error("{0}")]
     Precondition(String),
     /// The action is not allowed in the task's current state.
-    #[error("{}", fmt_illegal(*.state, *.resumable, *.action, .allowed))]
+    #[error("{}", fmt_illegal(*.state, *.failure, *.action, .allowed))]
     IllegalTransition {
         /// The task's current state.
         state: TaskState,
-        /// The task is FAILED and its failure is resumable.
-        resumable: bool,
+        /// What a FAILED task can still do.
+        failure: Failure,
         /// What the caller tried.
         action: Action,
         /// What is allowed in `state`.
@@ -44,18 +44,26 @@ impl CoreError {
     }
 }
 
-fn fmt_illegal(state: TaskState, resumable: bool, action: Action, allowed: &[Action]) -> String {
-    let label = if resumable {
-        format!("{state} (resumable)")
-    } else {
-        state.to_string()
+fn fmt_illegal(state: TaskState, failure: Failure, action: Action, allowed: &[Action]) -> String {
+    let failed = state == TaskState::Failed;
+    let label = match failure {
+        Failure::Resumable if failed => format!("{state} (resumable)"),
+        Failure::Permanent if failed => format!("{state} (not resumable)"),
+        _ => state.to_string(),
     };
     let mut msg = format!(
         "task is {label}: {action} is not allowed; allowed actions in {label}: {}",
         fmt_actions(allowed)
     );
-    if state == TaskState::Failed && !resumable && matches!(action, Action::Start | Action::Stop) {
-        msg.push_str(" (the failure is not resumable: create a new task to migrate again)");
+    if failed && action == Action::Start && failure != Failure::Resumable {
+        msg.push_str(if failure == Failure::Permanent {
+            " (the failure is not resumable: roll back what it created with StopTask, then create a new task to migrate again)"
+        } else {
+            " (the failure is not resumable: create a new task to migrate again)"
+        });
+    }
+    if failed && action == Action::Stop && failure == Failure::Final {
+        msg.push_str(" (nothing left to roll back: the task was stopped already or failed before creating anything)");
     }
     msg
 }

@@ -21,7 +21,7 @@ pub use spec::{
     check_public_source_host, validate_tenant, Instance, InstanceInput, TaskKind, TaskSpec,
     TaskSpecInput, ALLOWED_AUTH_MECHANISMS, ALLOWED_URI_OPTIONS, DEFAULT_TENANT, SYSTEM_DATABASES,
 };
-pub use state::{Action, Event, TaskState};
+pub use state::{Action, Event, Failure, TaskState};
 pub use task::{
     CheckItem, CheckStatus, Checkpoint, OplogTs, Task, TaskPhase, Throttle, Verification,
     VerificationState, VerifyMode, STOPPED_BY_OPERATOR,

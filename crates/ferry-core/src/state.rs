@@ -9,6 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
 
+/// What a FAILED task can still do (meaningless in other states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// It can continue from its last checkpoint (StartTask) or be rolled back (StopTask).
+    Resumable,
+    /// It cannot continue, but what it created on the destination can still be rolled back (StopTask).
+    Permanent,
+    /// Nothing is left to undo: it was rolled back by StopTask, or failed before creating anything.
+    Final,
+}
+
 /// Lifecycle state of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaskState {
@@ -65,25 +76,24 @@ impl TaskState {
         matches!(self, TaskState::Succeeded | TaskState::Failed)
     }
 
-    /// Operator actions allowed in this state. `resumable`: the task is FAILED with a failure that can continue
-    /// from its last checkpoint (meaningless in other states).
-    pub fn allowed_actions(self, resumable: bool) -> Vec<Action> {
+    /// Operator actions allowed in this state. `failure`: what a FAILED task can still do (ignored in other
+    /// states).
+    pub fn allowed_actions(self, failure: Failure) -> Vec<Action> {
         Action::ALL
             .into_iter()
-            .filter(|a| a.target(self, resumable).is_some())
+            .filter(|a| a.target(self, failure).is_some())
             .collect()
     }
 
-    /// Applies an operator action: the next state, or why not. `resumable` as for [`Self::allowed_actions`].
-    pub fn apply(self, action: Action, resumable: bool) -> Result<TaskState, CoreError> {
-        let resumable = resumable && self == TaskState::Failed;
+    /// Applies an operator action: the next state, or why not. `failure` as for [`Self::allowed_actions`].
+    pub fn apply(self, action: Action, failure: Failure) -> Result<TaskState, CoreError> {
         action
-            .target(self, resumable)
+            .target(self, failure)
             .ok_or_else(|| CoreError::IllegalTransition {
                 state: self,
-                resumable,
+                failure,
                 action,
-                allowed: self.allowed_actions(resumable),
+                allowed: self.allowed_actions(failure),
             })
     }
 
@@ -165,13 +175,14 @@ impl Action {
 
     /// The state after this action from `from`, or `None` when illegal. `Delete` "targets" the same state: the
     /// record is removed by the caller. `Stop` in CHECKING fails the task at once (nothing was created yet). A
-    /// resumable FAILED task can be started again (it resumes from its last checkpoint) or stopped (its partial
-    /// copy is rolled back).
-    fn target(self, from: TaskState, resumable: bool) -> Option<TaskState> {
+    /// resumable FAILED task can be started again (it resumes from its last checkpoint); any FAILED task that may
+    /// have left data on the destination can be stopped (its partial copy is rolled back).
+    fn target(self, from: TaskState, failure: Failure) -> Option<TaskState> {
         use TaskState as S;
+        let resumable = from == S::Failed && failure == Failure::Resumable;
         match (self, from) {
             (Action::Start, S::Failed) if resumable => Some(S::Running),
-            (Action::Stop, S::Failed) if resumable => Some(S::Stopping),
+            (Action::Stop, S::Failed) if failure != Failure::Final => Some(S::Stopping),
             (Action::Update, S::NotStarted | S::CheckPassed | S::CheckFailed) => {
                 Some(S::NotStarted)
             }
@@ -221,28 +232,29 @@ pub enum Event {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use Failure::{Final, Permanent, Resumable};
 
     #[test]
     fn the_documented_lifecycle_is_legal() {
         use TaskState as S;
-        assert_eq!(S::NotStarted.apply(Action::Check, false), Ok(S::Checking));
+        assert_eq!(S::NotStarted.apply(Action::Check, Final), Ok(S::Checking));
         assert_eq!(
             S::Checking.on_event(Event::ChecksPassed),
             Some(S::CheckPassed)
         );
-        assert_eq!(S::CheckPassed.apply(Action::Start, false), Ok(S::Running));
-        assert_eq!(S::Running.apply(Action::Complete, false), Ok(S::Completing));
+        assert_eq!(S::CheckPassed.apply(Action::Start, Final), Ok(S::Running));
+        assert_eq!(S::Running.apply(Action::Complete, Final), Ok(S::Completing));
         assert_eq!(S::Completing.on_event(Event::Completed), Some(S::Succeeded));
-        assert_eq!(S::Running.apply(Action::Stop, false), Ok(S::Stopping));
+        assert_eq!(S::Running.apply(Action::Stop, Final), Ok(S::Stopping));
         assert_eq!(S::Stopping.on_event(Event::Stopped), Some(S::Failed));
-        assert_eq!(S::Checking.apply(Action::Stop, false), Ok(S::Failed));
-        assert_eq!(S::CheckFailed.apply(Action::Check, false), Ok(S::Checking));
+        assert_eq!(S::Checking.apply(Action::Stop, Final), Ok(S::Failed));
+        assert_eq!(S::CheckFailed.apply(Action::Check, Final), Ok(S::Checking));
     }
 
     #[test]
     fn illegal_transition_names_state_and_allowed_actions() {
         let err = TaskState::NotStarted
-            .apply(Action::Start, false)
+            .apply(Action::Start, Final)
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("NOT_STARTED"), "{msg}");
@@ -258,30 +270,34 @@ mod tests {
         use TaskState as S;
         for s in TaskState::ALL {
             assert_eq!(
-                s.apply(Action::Pause, false).is_ok(),
+                s.apply(Action::Pause, Final).is_ok(),
                 s == S::Running,
                 "{s}"
             );
             assert_eq!(
-                s.apply(Action::Resume, false).is_ok(),
+                s.apply(Action::Resume, Final).is_ok(),
                 s == S::Running,
                 "{s}"
             );
             assert_eq!(
-                s.apply(Action::Throttle, false).is_ok(),
+                s.apply(Action::Throttle, Final).is_ok(),
                 !s.is_terminal(),
                 "{s}"
             );
         }
-        assert_eq!(S::Failed.apply(Action::Throttle, true), Ok(S::Failed));
+        assert_eq!(S::Failed.apply(Action::Throttle, Resumable), Ok(S::Failed));
     }
 
     #[test]
-    fn only_a_resumable_failure_can_be_started_or_stopped_again() {
+    fn only_a_resumable_failure_starts_again_and_any_failure_with_data_rolls_back() {
         use TaskState as S;
-        assert_eq!(S::Failed.allowed_actions(false), vec![Action::Delete]);
+        assert_eq!(S::Failed.allowed_actions(Final), vec![Action::Delete]);
         assert_eq!(
-            S::Failed.allowed_actions(true),
+            S::Failed.allowed_actions(Permanent),
+            vec![Action::Stop, Action::Delete]
+        );
+        assert_eq!(
+            S::Failed.allowed_actions(Resumable),
             vec![
                 Action::Start,
                 Action::Stop,
@@ -289,10 +305,11 @@ mod tests {
                 Action::Delete
             ]
         );
-        assert_eq!(S::Failed.apply(Action::Start, true), Ok(S::Running));
-        assert_eq!(S::Failed.apply(Action::Stop, true), Ok(S::Stopping));
+        assert_eq!(S::Failed.apply(Action::Start, Resumable), Ok(S::Running));
+        assert_eq!(S::Failed.apply(Action::Stop, Resumable), Ok(S::Stopping));
+        assert_eq!(S::Failed.apply(Action::Stop, Permanent), Ok(S::Stopping));
         let msg = S::Failed
-            .apply(Action::Check, true)
+            .apply(Action::Check, Resumable)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("task is FAILED (resumable)"), "{msg}");
@@ -301,28 +318,39 @@ mod tests {
             "{msg}"
         );
         let msg = S::Failed
-            .apply(Action::Start, false)
+            .apply(Action::Start, Permanent)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("task is FAILED (not resumable):"), "{msg}");
+        assert!(
+            msg.contains("roll back what it created with StopTask"),
+            "{msg}"
+        );
+        let msg = S::Failed
+            .apply(Action::Stop, Final)
             .unwrap_err()
             .to_string();
         assert!(msg.contains("task is FAILED:"), "{msg}");
-        assert!(msg.contains("not resumable"), "{msg}");
+        assert!(msg.contains("nothing left to roll back"), "{msg}");
     }
 
     proptest! {
         #[test]
-        fn active_tasks_are_never_deleted_or_updated(i in 0usize..9, resumable: bool) {
+        fn active_tasks_are_never_deleted_or_updated(i in 0usize..9, f in 0usize..3) {
             let s = TaskState::ALL[i];
+            let failure = [Resumable, Permanent, Final][f];
             if s.is_active() {
-                prop_assert!(s.apply(Action::Delete, resumable).is_err());
-                prop_assert!(s.apply(Action::Update, resumable).is_err());
+                prop_assert!(s.apply(Action::Delete, failure).is_err());
+                prop_assert!(s.apply(Action::Update, failure).is_err());
             }
         }
 
         #[test]
-        fn resumable_only_matters_in_failed(i in 0usize..9) {
+        fn the_failure_only_matters_in_failed(i in 0usize..9) {
             let s = TaskState::ALL[i];
             if s != TaskState::Failed {
-                prop_assert_eq!(s.allowed_actions(true), s.allowed_actions(false));
+                prop_assert_eq!(s.allowed_actions(Resumable), s.allowed_actions(Final));
+                prop_assert_eq!(s.allowed_actions(Permanent), s.allowed_actions(Final));
             }
         }
 
@@ -331,23 +359,23 @@ mod tests {
             let s = TaskState::ALL[i];
             match s {
                 TaskState::Succeeded => {
-                    prop_assert_eq!(s.allowed_actions(false), vec![Action::Verify, Action::Delete])
+                    prop_assert_eq!(s.allowed_actions(Final), vec![Action::Verify, Action::Delete])
                 }
-                TaskState::Failed => prop_assert_eq!(s.allowed_actions(false), vec![Action::Delete]),
+                TaskState::Failed => prop_assert_eq!(s.allowed_actions(Final), vec![Action::Delete]),
                 _ => {}
             }
         }
 
         #[test]
-        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..7, resumable: bool) {
+        fn an_error_lists_exactly_the_allowed_actions(i in 0usize..9, j in 0usize..7, f in 0usize..3) {
             let s = TaskState::ALL[i];
             let a = Action::ALL[j];
-            let resumable = resumable && s == TaskState::Failed;
-            match s.apply(a, resumable) {
-                Ok(_) => prop_assert!(s.allowed_actions(resumable).contains(&a)),
+            let failure = [Resumable, Permanent, Final][f];
+            match s.apply(a, failure) {
+                Ok(_) => prop_assert!(s.allowed_actions(failure).contains(&a)),
                 Err(CoreError::IllegalTransition { allowed, .. }) => {
                     prop_assert!(!allowed.contains(&a));
-                    prop_assert_eq!(allowed, s.allowed_actions(resumable));
+                    prop_assert_eq!(allowed, s.allowed_actions(failure));
                 }
                 Err(other) => prop_assert!(false, "unexpected {other:?}"),
             }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::CoreError;
 use crate::ids::{AgentId, Epoch, TaskId};
 use crate::spec::TaskSpec;
-use crate::state::{Action, Event, TaskState};
+use crate::state::{Action, Event, Failure, TaskState};
 
 /// Phase of a RUNNING or COMPLETING task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -220,7 +220,7 @@ impl Task {
     /// Whether `action` is allowed now (the state machine decides), without applying it.
     pub fn check(&self, action: Action) -> Result<(), CoreError> {
         self.paused_check(action)?;
-        self.state.apply(action, self.resumable).map(drop)
+        self.state.apply(action, self.failure()).map(drop)
     }
 
     /// What pausing forbids: CompleteTask before ResumeTask, pausing twice, resuming what is not paused.
@@ -238,7 +238,20 @@ impl Task {
 
     /// Operator actions allowed now.
     pub fn allowed_actions(&self) -> Vec<Action> {
-        self.state.allowed_actions(self.resumable)
+        self.state.allowed_actions(self.failure())
+    }
+
+    /// What this task can still do if it is FAILED: continue (resumable), roll back what it created (a permanent
+    /// failure with a checkpoint, which records the namespaces it created), or nothing (stopped already, or failed
+    /// before creating anything).
+    pub fn failure(&self) -> Failure {
+        if self.resumable {
+            Failure::Resumable
+        } else if self.failure_reason == STOPPED_BY_OPERATOR || self.checkpoint.is_none() {
+            Failure::Final
+        } else {
+            Failure::Permanent
+        }
     }
 
     /// Whether this task's next StartTask resumes from its checkpoint instead of starting over.
@@ -249,7 +262,7 @@ impl Task {
     /// Applies an operator action (the state machine decides), clearing what the new state makes stale.
     pub fn apply(&mut self, action: Action, now_ms: i64) -> Result<(), CoreError> {
         self.paused_check(action)?;
-        let next = self.state.apply(action, self.resumable)?;
+        let next = self.state.apply(action, self.failure())?;
         let from = self.state;
         match (action, from, next) {
             (Action::Update, _, _) | (Action::Check, _, _) => {
@@ -281,7 +294,7 @@ impl Task {
                 self.paused = false;
             }
             (Action::Stop, TaskState::Failed, _) => {
-                // Rolling back a resumable failure: it is no longer resumable whatever the rollback does.
+                // Rolling back a failure: it is no longer resumable whatever the rollback does.
                 self.resumable = false;
                 self.paused = false;
             }

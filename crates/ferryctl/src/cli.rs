@@ -250,7 +250,7 @@ pub enum TaskCommand {
         #[arg(long)]
         page_token: Option<String>,
     },
-    /// Stop the task (running, or FAILED and resumable) and roll back what it created on the destination.
+    /// Stop the task (running, or FAILED and not rolled back yet) and roll back what it created on the destination.
     Stop { task_id: String },
     /// Follow state, phase and progress live until the task ends.
     Watch { task_id: String },

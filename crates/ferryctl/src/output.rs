@@ -1219,8 +1219,10 @@ pub fn task_detail(task: &Task) -> String {
             if task.resumable {
                 "yes: fix the cause, then `task start` resumes from the last checkpoint (or `task stop` rolls back)"
                     .to_owned()
-            } else {
+            } else if task.failure_reason == "stopped by operator" || task.checkpoint.is_none() {
                 "no".to_owned()
+            } else {
+                "no: `task stop` rolls back what it created, then create a new task".to_owned()
             },
         ));
     }
