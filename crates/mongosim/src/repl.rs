@@ -193,16 +193,25 @@ impl Store {
     /// A failover with rollback: entries after the majority point disappear with their data
     /// effects, the rollback id and the term go up and the new primary writes
     /// `{msg: "new primary"}`. Returns the number of entries rolled back (0 when the majority
-    /// point was not held: nothing can be lost then, but the failover still happens).
+    /// point was not held, or nothing was written past it: nothing can be lost then, but the
+    /// failover still happens).
+    ///
+    /// The rollback id only goes up when entries were rolled back: a server increments it in
+    /// the rollback itself (`RollbackImpl::_runPhaseFromAbortToReconstructPreparedTxns` calls
+    /// `ReplicationProcess::incrementRollbackID`, mongodb/mongo
+    /// `src/mongo/db/repl/rollback_impl.cpp`), which a member whose oplog is a prefix of the
+    /// new primary's never enters.
     pub fn rollback_to_majority(&mut self) -> usize {
         let mut rolled = 0;
         if let Some(h) = self.majority_hold.take() {
             if let Some(o) = self.oplog.as_mut() {
                 rolled = o.truncate_after(ts_key(h.ts));
             }
-            self.dbs = h.dbs;
-            self.last_write_ms = h.wall_ms;
-            self.rbid += 1;
+            if rolled > 0 {
+                self.dbs = h.dbs;
+                self.last_write_ms = h.wall_ms;
+                self.rbid += 1;
+            }
         }
         self.txn_locks.clear();
         self.term += 1;

@@ -714,5 +714,19 @@ async fn majority_point_hold_and_rollback() {
     assert_eq!(lw.get("opTime"), lw.get("majorityOpTime"));
     coll.insert_one(doc! {"_id": 3}).await.unwrap();
     assert_eq!(oplog_tail(&c, 1).await[0].get_i64("t").unwrap(), 2);
+
+    // A failover with nothing written past the majority point rolls nothing back: a new term and
+    // primary, the same rollback id.
+    sim.hold_majority();
+    assert_eq!(sim.rollback_to_majority(), 0);
+    wait_for("the driver to reconnect", async || {
+        admin.run_command(doc! {"ping": 1}).await.is_ok()
+    })
+    .await;
+    let rbid = admin.run_command(doc! {"replSetGetRBID": 1}).await.unwrap();
+    assert_eq!(rbid.get_i32("rbid").unwrap(), 2);
+    let tail = oplog_tail(&c, 1).await;
+    assert_eq!(tail[0].get_i64("t").unwrap(), 3);
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
     sim.shutdown().await;
 }
