@@ -147,10 +147,11 @@ pub struct Stats {
     cross_db_renames: AtomicU64,
     aborted_builds: AtomicU64,
     completed_builds: AtomicU64,
+    legacy_writes: AtomicU64,
 }
 
 impl Stats {
-    pub fn snapshot(&self) -> [u64; 12] {
+    pub fn snapshot(&self) -> [u64; 13] {
         [
             &self.swaps,
             &self.hot_incs,
@@ -164,6 +165,7 @@ impl Stats {
             &self.cross_db_renames,
             &self.aborted_builds,
             &self.completed_builds,
+            &self.legacy_writes,
         ]
         .map(|c| c.load(Ordering::SeqCst))
     }
@@ -296,7 +298,7 @@ impl Writer {
     }
 
     /// Waits until every kind of write happened again after `since` (a [`Stats::snapshot`]).
-    pub async fn every_kind_since(&self, since: [u64; 12]) -> anyhow::Result<()> {
+    pub async fn every_kind_since(&self, since: [u64; 13]) -> anyhow::Result<()> {
         wait_for(MINUTE, || async move {
             self.check()?;
             let now = self.stats.snapshot();
@@ -326,6 +328,7 @@ impl Writer {
 
 impl WriterCtx {
     async fn round(&mut self, round: u64) -> anyhow::Result<()> {
+        self.legacy_driver(round).await?;
         self.swap_emails(round).await?;
         self.hot_keys().await?;
         self.refresh_sessions(round).await?;
@@ -343,6 +346,38 @@ impl WriterCtx {
         if round % 5 == 2 {
             self.index_builds(round).await?;
         }
+        Ok(())
+    }
+
+    /// An old driver that stores strings as it got them, invalid UTF-8 included (real servers keep such bytes as
+    /// given, reference §1): a new document, a `$inc` on an older one (a `$v:2` diff next to the invalid string),
+    /// and every fourth round an older one deleted and inserted again with another invalid string.
+    async fn legacy_driver(&mut self, round: u64) -> anyhow::Result<()> {
+        let legacy = self
+            .client
+            .database(DB_A)
+            .collection::<RawDocumentBuf>("legacy");
+        let id = round as i64;
+        let bad = [
+            &[0xff, 0xfe][..],
+            format!("latin-1 {round} caf").as_bytes(),
+            &[0xe9],
+        ]
+        .concat();
+        legacy.insert_one(legacy_doc(id, &bad, 0)?).await?;
+        self.client
+            .database(DB_A)
+            .collection::<Document>("legacy")
+            .update_one(doc! { "_id": id / 2 }, doc! { "$inc": { "n": 1 } })
+            .await?;
+        if round % 4 == 3 {
+            // The driver refuses a replacement it cannot read back as UTF-8: the old application deletes and
+            // inserts again.
+            let other = [b"\xc3(".as_slice(), &[0xc3, 0x28, 0x80]].concat();
+            legacy.delete_one(doc! { "_id": id / 3 }).await?;
+            legacy.insert_one(legacy_doc(id / 3, &other, 7)?).await?;
+        }
+        bump(&self.stats.legacy_writes);
         Ok(())
     }
 
@@ -637,6 +672,27 @@ impl WriterCtx {
         }
         Ok(())
     }
+}
+
+/// `{_id: id, s: <bad as a BSON string>, n: n}`, built byte by byte: the string's bytes are not checked for UTF-8,
+/// as an old driver's were not.
+fn legacy_doc(id: i64, bad: &[u8], n: i32) -> anyhow::Result<RawDocumentBuf> {
+    let mut body = Vec::new();
+    body.push(0x12);
+    body.extend_from_slice(b"_id\0");
+    body.extend_from_slice(&id.to_le_bytes());
+    body.push(0x02);
+    body.extend_from_slice(b"s\0");
+    body.extend_from_slice(&i32::try_from(bad.len() + 1)?.to_le_bytes());
+    body.extend_from_slice(bad);
+    body.push(0);
+    body.push(0x10);
+    body.extend_from_slice(b"n\0");
+    body.extend_from_slice(&n.to_le_bytes());
+    let mut bytes = i32::try_from(body.len() + 5)?.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.push(0);
+    Ok(RawDocumentBuf::from_bytes(bytes)?)
 }
 
 /// Waits until the source's TTL monitor deleted every session that can expire (the application no longer refreshes

@@ -115,8 +115,13 @@ enum Fault {
     /// HostUnreachable on the destination's next inserts and updates.
     DestinationErrors,
     SlowSource,
+    /// 30 ms replies from the destination for 3 s.
+    SlowDestination,
     /// NotWritablePrimary (10107) on the destination's next writes, as during a failover.
     DestinationNotPrimary,
+    /// A failover of the source with rollback: its majority commit point held for some seconds while the
+    /// applications write, then the writes past it rolled back (`replSetGetRBID` goes up, connections drop).
+    SourceFailover(u64),
 }
 
 struct Plan {
@@ -150,7 +155,7 @@ fn plan(rng: &mut Rng, netns: bool) -> Plan {
     let mut faults: Vec<(At, Fault)> = (0..n)
         .map(|_| {
             let at = phases[rng.below(phases.len() as u64) as usize];
-            let fault = match rng.below(12) {
+            let fault = match rng.below(14) {
                 0 => Fault::KillAgent,
                 1 => Fault::KillCoordinator,
                 2 => Fault::KillBoth,
@@ -181,6 +186,8 @@ fn plan(rng: &mut Rng, netns: bool) -> Plan {
                 8 => Fault::DestinationErrors,
                 9 => Fault::DestinationNotPrimary,
                 10 => Fault::SlowSource,
+                11 => Fault::SlowDestination,
+                12 => Fault::SourceFailover(rng.between(1, 3)),
                 _ => Fault::KillAgent,
             };
             (at, fault)
@@ -339,6 +346,21 @@ async fn inject(
             tokio::time::sleep(Duration::from_secs(3)).await;
             world.source.faults().delay_replies(None);
         }
+        Fault::SlowDestination => {
+            world
+                .dest
+                .faults()
+                .delay_replies(Some(Duration::from_millis(30)));
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            world.dest.faults().delay_replies(None);
+        }
+        Fault::SourceFailover(secs) => {
+            world.source.hold_majority();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let rolled_back = world.source.rollback_to_majority();
+            world.source.release_majority();
+            println!("  source failover: {rolled_back} oplog entries rolled back");
+        }
     }
     Ok(())
 }
@@ -383,21 +405,26 @@ impl Apps {
         }
         self.stopped = true;
         self.simple_stop.store(true, Ordering::Relaxed);
-        (&mut self.simple).await?;
-        self.realistic.stop().await?;
+        if let Err(e) = (&mut self.simple).await {
+            // The application, not Ferry: its driver can panic when a failover drops every connection.
+            println!("  the write_round application crashed: {e}");
+        }
+        if let Err(e) = self.realistic.stop().await {
+            println!("  the realistic application stopped: {e:#}");
+        }
         realistic::source_ttl_caught_up(&world.source_client).await
     }
 }
 
 /// Waits until `done` holds, resuming the task (StartTask, at most 3 times in a round) when a fault made it fail
-/// resumable, as an operator would.
+/// resumable, as an operator would. `Some(reason)` when the task failed for good instead.
 async fn wait_running(
     world: &World,
     task_id: &str,
     timeout: Duration,
     resumes: &mut u32,
     done: impl Fn(&pb::Task) -> bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     loop {
         let task = world
             .wait_task(task_id, timeout, |t| {
@@ -405,13 +432,19 @@ async fn wait_running(
             })
             .await?;
         if task.state != state(pb::TaskState::Failed) {
-            return Ok(());
+            return Ok(None);
         }
         anyhow::ensure!(
-            task.resumable && *resumes < 3,
-            "task failed: {} (resumable {}, after {resumes} resumes)",
-            task.failure_reason,
-            task.resumable
+            !task.failure_reason.is_empty(),
+            "the task FAILED without a reason"
+        );
+        if !task.resumable {
+            return Ok(Some(task.failure_reason));
+        }
+        anyhow::ensure!(
+            *resumes < 3,
+            "still failing after 3 resumptions: {}",
+            task.failure_reason
         );
         *resumes += 1;
         world
@@ -424,36 +457,41 @@ async fn wait_running(
     }
 }
 
-async fn wait_at(world: &World, task_id: &str, at: At, resumes: &mut u32) -> anyhow::Result<()> {
+/// Waits for the point `at` of the migration (`Some(reason)`: the task failed for good first). A fault at the
+/// cut-over or the rollback that follows another one there strikes at once.
+async fn wait_at(
+    world: &World,
+    task_id: &str,
+    at: At,
+    resumes: &mut u32,
+) -> anyhow::Result<Option<String>> {
     let past_copy = |t: &pb::Task| {
         t.phase == phase(pb::TaskPhase::IndexCreation) || t.phase == phase(pb::TaskPhase::OplogSync)
     };
-    match at {
-        At::Planning | At::Verifying => {}
+    let timeout = match at {
+        At::Planning | At::Verifying => return Ok(None),
+        At::Copy => 2 * MINUTE,
+        At::IndexBuild => 3 * MINUTE,
+        At::LiveApply | At::Completing | At::RollingBack => 5 * MINUTE,
+    };
+    wait_running(world, task_id, timeout, resumes, |t| match at {
         At::Copy => {
-            wait_running(world, task_id, 2 * MINUTE, resumes, |t| {
-                past_copy(t)
-                    || (t.phase == phase(pb::TaskPhase::DataSync)
-                        && t.progress.as_ref().is_some_and(|p| p.documents_copied > 0))
-            })
-            .await?;
+            past_copy(t)
+                || (t.phase == phase(pb::TaskPhase::DataSync)
+                    && t.progress.as_ref().is_some_and(|p| p.documents_copied > 0))
         }
-        At::IndexBuild => wait_running(world, task_id, 3 * MINUTE, resumes, past_copy).await?,
-        At::LiveApply | At::Completing | At::RollingBack => {
-            wait_running(world, task_id, 5 * MINUTE, resumes, |t| {
-                t.phase == phase(pb::TaskPhase::OplogSync)
-            })
-            .await?;
-        }
-    }
-    Ok(())
+        At::IndexBuild => past_copy(t),
+        _ => t.phase == phase(pb::TaskPhase::OplogSync),
+    })
+    .await
 }
 
 /// The outcome of one round.
 enum Outcome {
     /// SUCCEEDED and equal, after `resumes` resumptions of resumable failures.
     Equal { documents: u64, resumes: u32 },
-    /// Failed for good with a reason (not resumable): no data was claimed to be migrated.
+    /// Failed for good with a reason (not resumable): no data was claimed to be migrated, and StopTask then rolled
+    /// back exactly what the task created.
     FailedClearly(String),
     /// Stopped by the operator: the rollback dropped what the task created and nothing else.
     RolledBack,
@@ -664,18 +702,26 @@ async fn drive(
     let mut stopping = false;
     let mut verifying = false;
     let mut resumes = 0;
+    let mut failed_for_good = None;
     for (at, fault) in &plan.faults {
         if *at == At::Verifying && !verifying {
             apps.stop(world).await?;
             release(world, &task_id, &mut throttled).await?;
             let outcome = finish(world, &task_id, completing, &mut resumes).await?;
-            let Outcome::Equal { .. } = outcome else {
+            if let Outcome::FailedClearly(_) = &outcome {
+                stop_and_check(world, &task_id, false).await?;
                 return Ok((outcome, "-"));
-            };
+            }
             verify(world, &task_id).await?;
             verifying = true;
         }
-        wait_at(world, &task_id, *at, &mut resumes).await?;
+        let already = (*at == At::Completing && completing) || (*at == At::RollingBack && stopping);
+        if !already {
+            if let Some(reason) = wait_at(world, &task_id, *at, &mut resumes).await? {
+                failed_for_good = Some(reason);
+                break;
+            }
+        }
         if *at > At::Copy && throttled {
             throttle(world, &task_id, 0).await?;
             throttled = false;
@@ -715,6 +761,19 @@ async fn drive(
         }
     }
     apps.stop(world).await?;
+    if let Some(reason) = failed_for_good {
+        // A fault made the task fail for good (e.g. a failover that rolled back source writes): the rest of the
+        // plan is moot; the failure must be clear and StopTask must roll back exactly what the task created.
+        world.source.faults().clear();
+        world.dest.faults().clear();
+        if let Some(net) = &net {
+            for peer in [Peer::Source, Peer::Destination, Peer::Coordinator] {
+                net.links.set(net.link(peer), None)?;
+            }
+        }
+        stop_and_check(world, &task_id, false).await?;
+        return Ok((Outcome::FailedClearly(reason), "-"));
+    }
     if let Some(net) = &net {
         for peer in [Peer::Source, Peer::Destination, Peer::Coordinator] {
             net.links.set(net.link(peer), None)?;
@@ -740,6 +799,11 @@ async fn drive(
             .map(|()| (Outcome::RolledBack, "-"));
     }
     let outcome = finish(world, &task_id, completing, &mut resumes).await?;
+    if let Outcome::FailedClearly(_) = &outcome {
+        // A permanent failure must still roll back exactly what the task created.
+        stop_and_check(world, &task_id, false).await?;
+        return Ok((outcome, "-"));
+    }
     Ok((outcome, "at cut-over"))
 }
 
@@ -747,7 +811,10 @@ async fn drive(
 async fn release(world: &World, task_id: &str, throttled: &mut bool) -> anyhow::Result<()> {
     world.source.faults().clear();
     world.dest.faults().clear();
-    if std::mem::take(throttled) {
+    // The throttle of a task that ended (failed for good) needs no lifting, and cannot be changed.
+    let ended = world.get_task(task_id).await?;
+    let done = ended.state == state(pb::TaskState::Failed) && !ended.resumable;
+    if std::mem::take(throttled) && !done {
         throttle(world, task_id, 0).await?;
     }
     Ok(())
@@ -764,10 +831,13 @@ async fn finish(
     let mut sent = completing;
     loop {
         if !sent {
-            wait_running(world, task_id, 5 * MINUTE, resumes, |t| {
+            let failed = wait_running(world, task_id, 5 * MINUTE, resumes, |t| {
                 t.phase == phase(pb::TaskPhase::OplogSync)
             })
             .await?;
+            if let Some(reason) = failed {
+                return Ok(Outcome::FailedClearly(reason));
+            }
             complete(world, task_id).await?;
         }
         sent = false;
@@ -884,7 +954,8 @@ async fn stop_and_check(world: &mut World, task_id: &str, sent: bool) -> anyhow:
     if !sent
         && (current.state == state(pb::TaskState::Running)
             || current.state == state(pb::TaskState::Completing)
-            || (current.state == state(pb::TaskState::Failed) && current.resumable))
+            || (current.state == state(pb::TaskState::Failed)
+                && current.failure_reason != "stopped by operator"))
     {
         stop(world, task_id).await?;
     }
@@ -1016,7 +1087,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok((Outcome::FailedClearly(reason), _)) => {
                     clear += 1;
-                    println!("round {r} seed {seed} faults {faults} -> PASS failed clearly: {reason} in {secs:.1}s");
+                    println!("round {r} seed {seed} faults {faults} -> PASS failed clearly, then StopTask rolled back exactly what it created: {reason} in {secs:.1}s");
                 }
                 Ok((Outcome::RolledBack, _)) => {
                     stopped += 1;
