@@ -10,19 +10,21 @@
 //! run of its own (VerifyTask after the task SUCCEEDED) and the rollback (after StopTask).
 //!
 //! Faults: SIGKILL of the agent, of the coordinator, of both; the agent restarted with an emptied spool dir; command
-//! errors and slow replies on the source, errors and NotWritablePrimary on the destination; and, with `--netns`
-//! (`scripts/chaos` runs the campaign in private network and mount namespaces when it can), real network faults on
-//! the agent's own links to the source, the destination and the coordinator (`netfault`: kernel traffic control on
-//! the namespace's loopback: blackholes of 5–90 s, slow and lossy links) and the agent's disk filling up (its data
-//! dir is a 64 MiB tmpfs; a ballast file takes every free byte for 3–15 s). Without `--netns`, mongosim's outage
-//! fault (connections closed, new ones refused) stands in for the link faults and there is no disk fault.
+//! errors and slow replies on the source and the destination, NotWritablePrimary on the destination; a failover of
+//! the source that rolls back what was written past its held majority point; and, with `--netns` (`scripts/chaos`
+//! runs the campaign in private network and mount namespaces when it can), real network faults on the agent's own
+//! links to the source, the destination and the coordinator (`netfault`: kernel traffic control on the namespace's
+//! loopback: blackholes of 5–90 s, slow and lossy links) and the agent's disk filling up (its data dir is a 64 MiB
+//! tmpfs; a ballast file takes every free byte for 3–15 s). Without `--netns`, mongosim's outage fault (connections
+//! closed, new ones refused) stands in for the link faults and there is no disk fault.
 //!
 //! A round passes when the task SUCCEEDED after the product's verifier and an independent byte-for-byte comparison
-//! says the destination equals the source; when it failed with a reason and, resumed with StartTask (resumable
-//! failures), then ends equal; or when StopTask rolled back exactly what the task created (a bystander database is
-//! left alone). A SUCCEEDED task whose destination differs is a false success, and a verification that reports
-//! mismatches on an equal destination is a false alarm: both fail the round. One round in five ends with StopTask;
-//! one in three runs the agent with a 4 s retry budget, so outages can outlast it and the task is resumed.
+//! says the destination equals the source (resumable failures on the way are resumed with StartTask, as an operator
+//! would); when it failed for good with a reason and StopTask then rolled back exactly what it created; or when it
+//! was stopped and the rollback dropped what the task created and left a bystander database alone. A SUCCEEDED task
+//! whose destination differs is a false success, and a verification that confirms mismatches on an equal
+//! destination is a false alarm: both fail the round. One round in five ends with StopTask; one in three runs the
+//! agent with a 4 s retry budget, so outages can outlast it and the task is resumed. See docs/reliability.md.
 //!
 //! Round `r` of a campaign uses seed `S + r`: `--seed S+r --rounds 1` replays it (in the same mode, `--netns` or not).
 
