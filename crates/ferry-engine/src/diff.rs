@@ -147,10 +147,26 @@ enum ArrayMod<'a> {
 
 type ArrayDiff<'a> = (Option<usize>, BTreeMap<usize, ArrayMod<'a>>);
 
-/// Bound on an array diff's `l` and indices: a document is at most 16 MiB and an array element takes
-/// at least 3 bytes (type, a one-character key, NUL), so no valid post-image holds a longer array. It
-/// keeps a malformed diff from padding an array to billions of `null`s.
-const MAX_ARRAY_LEN: usize = 16 * 1024 * 1024 / 3;
+/// Bound on an array diff's `l` and indices: the longest array a 16 MiB document can hold. Element `i`
+/// takes at least 2 + digits(i) bytes (its type, its decimal key, NUL; a `null` has no value), so no
+/// valid post-image holds a longer array (1,987,591 elements). It keeps a malformed diff from padding
+/// an array to billions of `null`s, and caps what one diff can make the agent allocate (the fuzzer
+/// reached 5.6 million elements, about 550 MB, with the older bound of 16 MiB / 3).
+const MAX_ARRAY_LEN: usize = longest_array(16 * 1024 * 1024);
+
+/// The longest array whose elements (at 2 + digits(index) bytes each) fit in `bytes`.
+const fn longest_array(bytes: usize) -> usize {
+    let (mut n, mut used, mut digits, mut next_power) = (0, 0, 1, 10);
+    while used + 2 + digits <= bytes {
+        used += 2 + digits;
+        n += 1;
+        if n == next_power {
+            digits += 1;
+            next_power *= 10;
+        }
+    }
+    n
+}
 
 fn parse_array_diff(diff: &Document) -> Result<ArrayDiff<'_>, DiffError> {
     let mut new_len = None;
@@ -344,6 +360,21 @@ mod tests {
         let out = apply_diff(&pre, &doc! {"sa": {"a": true, "l": 3_i64}}).unwrap();
         assert_eq!(out, doc! {"a": [1, Bson::Null, Bson::Null]});
         assert!(apply_diff(&pre, &doc! {"sa": {"a": true, "l": n + 1}}).is_err());
+    }
+
+    #[test]
+    fn the_array_bound_is_the_longest_array_of_a_16_mib_document() {
+        let bytes = |n: usize| {
+            mongodb::bson::RawDocumentBuf::try_from(&doc! {"a": vec![Bson::Null; n]})
+                .unwrap()
+                .as_bytes()
+                .len()
+        };
+        // The document's own framing ({"a": [...]}: 4 + 1 + 2 + 4 + 1 + 1 bytes) on top of the elements.
+        let framing = bytes(0);
+        assert_eq!(MAX_ARRAY_LEN, 1_987_591);
+        assert!(bytes(MAX_ARRAY_LEN) - framing <= 16 * 1024 * 1024);
+        assert!(bytes(MAX_ARRAY_LEN + 1) - framing > 16 * 1024 * 1024);
     }
 
     #[test]
