@@ -192,7 +192,11 @@ fn parse_array_diff(diff: &Document) -> Result<ArrayDiff<'_>, DiffError> {
                 new_len = Some(n);
             }
             k => {
-                let (kind, idx) = k.split_at(1);
+                // An empty key, or one whose first character is not one byte, is no `u`/`s` entry (and must not
+                // panic the split).
+                let (kind, idx) = k
+                    .split_at_checked(1)
+                    .ok_or_else(|| DiffError::Malformed(format!("bad array diff key '{k}'")))?;
                 let idx: usize = idx
                     .parse()
                     .ok()
@@ -360,6 +364,18 @@ mod tests {
         let out = apply_diff(&pre, &doc! {"sa": {"a": true, "l": 3_i64}}).unwrap();
         assert_eq!(out, doc! {"a": [1, Bson::Null, Bson::Null]});
         assert!(apply_diff(&pre, &doc! {"sa": {"a": true, "l": n + 1}}).is_err());
+    }
+
+    #[test]
+    fn array_diff_keys_that_are_empty_or_start_with_a_multibyte_character_are_errors() {
+        // Found by the fuzz smoke test: `{"sa": {"a": true, "": ...}}` panicked splitting the key.
+        let pre = doc! {"a": [1, 2]};
+        for key in ["", "é1", "日0"] {
+            let mut sub = doc! {"a": true};
+            sub.insert(key, 5);
+            let err = apply_diff(&pre, &doc! {"sa": sub}).unwrap_err();
+            assert!(matches!(err, DiffError::Malformed(_)), "{key:?}: {err}");
+        }
     }
 
     #[test]

@@ -436,27 +436,41 @@ async fn wait_running(
         if task.state != state(pb::TaskState::Failed) {
             return Ok(None);
         }
-        anyhow::ensure!(
-            !task.failure_reason.is_empty(),
-            "the task FAILED without a reason"
-        );
-        if !task.resumable {
-            return Ok(Some(task.failure_reason));
+        if let Some(reason) = resume_failed(world, task_id, task, resumes).await? {
+            return Ok(Some(reason));
         }
-        anyhow::ensure!(
-            *resumes < 3,
-            "still failing after 3 resumptions: {}",
-            task.failure_reason
-        );
-        *resumes += 1;
-        world
-            .api
-            .clone()
-            .start_task(pb::StartTaskRequest {
-                task_id: task_id.to_owned(),
-            })
-            .await?;
     }
+}
+
+/// A FAILED task: resumed with StartTask when its failure is resumable (at most 3 times in a round), or its reason
+/// when it failed for good.
+async fn resume_failed(
+    world: &World,
+    task_id: &str,
+    task: pb::Task,
+    resumes: &mut u32,
+) -> anyhow::Result<Option<String>> {
+    anyhow::ensure!(
+        !task.failure_reason.is_empty(),
+        "the task FAILED without a reason"
+    );
+    if !task.resumable {
+        return Ok(Some(task.failure_reason));
+    }
+    anyhow::ensure!(
+        *resumes < 3,
+        "still failing after 3 resumptions: {}",
+        task.failure_reason
+    );
+    *resumes += 1;
+    world
+        .api
+        .clone()
+        .start_task(pb::StartTaskRequest {
+            task_id: task_id.to_owned(),
+        })
+        .await?;
+    Ok(None)
 }
 
 /// Waits for the point `at` of the migration (`Some(reason)`: the task failed for good first). A fault at the
@@ -858,26 +872,9 @@ async fn finish(
                 resumes: *resumes,
             });
         }
-        anyhow::ensure!(
-            !task.failure_reason.is_empty(),
-            "the task FAILED without a reason"
-        );
-        if !task.resumable {
-            return Ok(Outcome::FailedClearly(task.failure_reason));
+        if let Some(reason) = resume_failed(world, task_id, task, resumes).await? {
+            return Ok(Outcome::FailedClearly(reason));
         }
-        anyhow::ensure!(
-            *resumes < 3,
-            "still failing after 3 resumptions: {}",
-            task.failure_reason
-        );
-        *resumes += 1;
-        world
-            .api
-            .clone()
-            .start_task(pb::StartTaskRequest {
-                task_id: task_id.to_owned(),
-            })
-            .await?;
     }
 }
 
