@@ -31,6 +31,8 @@ impl Relay {
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
+                    // Out of file descriptors or the like: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 tokio::spawn(async move {
