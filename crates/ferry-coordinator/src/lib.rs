@@ -29,3 +29,10 @@ pub use config::{Config, FileConfig, TlsPem};
 pub use error::ServiceError;
 pub use principal::Principals;
 pub use server::{run, run_with_metrics};
+
+/// Fuzzing hooks (`crates/ferry-fuzz-targets`): the operator API's proto-to-input conversions, so that the
+/// `task_spec` target feeds the code the API runs. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::convert::{instance_input, spec_input};
+}

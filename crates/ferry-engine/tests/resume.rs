@@ -54,6 +54,47 @@ fn spawn_writer(
     })
 }
 
+/// Waits for an OPLOG_SYNC checkpoint with an applied position, stops the run there (a crash, as far as the resume
+/// is concerned) and returns the newest such checkpoint.
+async fn stop_at_an_oplog_checkpoint(run: Run) -> Result<ferry_engine::Checkpoint> {
+    run.wait_for("an oplog checkpoint", Duration::from_secs(60), |s| {
+        s.checkpoints
+            .iter()
+            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
+    })
+    .await?;
+    run.control.stop();
+    let seen = run.seen.clone();
+    assert!(matches!(
+        run.finish(Duration::from_secs(30)).await??,
+        Outcome::Stopped
+    ));
+    let cp = seen
+        .lock()
+        .unwrap()
+        .checkpoints
+        .iter()
+        .rev()
+        .find(|c| c.phase == Phase::OplogSync)
+        .cloned()
+        .expect("oplog checkpoint");
+    Ok(cp)
+}
+
+/// Waits until the resumed run applied entries past `cp` (the application's writes after the crash).
+async fn applied_past(run: &Run, cp: &ferry_engine::Checkpoint) -> Result<()> {
+    run.wait_for(
+        "entries applied after the resume",
+        Duration::from_secs(30),
+        |s| {
+            s.checkpoints
+                .iter()
+                .any(|c| c.phase == Phase::OplogSync && c.last_applied > cp.last_applied)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_crash_in_data_sync_and_in_oplog_sync() -> Result<()> {
     init_tracing();
@@ -115,34 +156,16 @@ async fn resumes_after_crash_in_data_sync_and_in_oplog_sync() -> Result<()> {
             "{again} DataSync checkpoints, {done_before} of {total_ranges} ranges were done"
         );
     }
-    run.wait_for("oplog checkpoint", Duration::from_secs(30), |s| {
-        s.checkpoints
-            .iter()
-            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
-    })
-    .await?;
-    run.control.stop();
-    let seen_handle = run.seen.clone();
-    assert!(matches!(
-        run.finish(Duration::from_secs(30)).await??,
-        Outcome::Stopped
-    ));
-    let seen = seen_handle.lock().unwrap().checkpoints.clone();
-    let cp = seen
-        .iter()
-        .rev()
-        .find(|c| c.phase == Phase::OplogSync)
-        .cloned()
-        .expect("oplog checkpoint");
+    let cp = stop_at_an_oplog_checkpoint(run).await?;
 
     // Third run: resumes OPLOG_SYNC from last_applied while the writer keeps going, then cuts over.
-    let run = start(config, Some(cp));
+    let run = start(config, Some(cp.clone()));
     run.wait_for("oplog sync", Duration::from_secs(30), |s| {
         s.phases.contains(&Phase::OplogSync)
     })
     .await?;
     assert_eq!(run.seen.lock().unwrap().phases, vec![Phase::OplogSync]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    applied_past(&run, &cp).await?;
     stop.store(true, Ordering::SeqCst);
     let rounds = writer.await??;
     assert!(rounds > 10);
@@ -153,16 +176,27 @@ async fn resumes_after_crash_in_data_sync_and_in_oplog_sync() -> Result<()> {
     Ok(())
 }
 
-/// What a crash leaves in the spool: the last segment cut in the middle of an entry, and a segment of garbage.
-fn tear_the_spool(dir: &std::path::Path) {
-    std::fs::create_dir_all(dir).unwrap();
+/// A spool segment's file name (`spool::seg_path`).
+fn segment(dir: &std::path::Path, id: u64) -> std::path::PathBuf {
+    dir.join(format!("oplog-{id:010}.bson"))
+}
+
+/// The torn entry a crash left in the first segment.
+fn torn_entry() -> Vec<u8> {
     let entry = mongodb::bson::RawDocumentBuf::try_from(
         &doc! {"op": "i", "ns": "app.items", "o": {"_id": -42, "v": "garbage"}},
     )
     .unwrap()
     .into_bytes();
-    std::fs::write(dir.join("oplog-00000001.bson"), &entry[..entry.len() / 2]).unwrap();
-    std::fs::write(dir.join("oplog-00000002.bson"), [0xff_u8; 300]).unwrap();
+    entry[..entry.len() / 2].to_vec()
+}
+
+/// What a crash leaves in the task's spool dir (`<spool_dir>/<task id>`, where the engine spools): the first
+/// segment cut in the middle of an entry, and a second segment of garbage.
+fn tear_the_spool(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(segment(dir, 1), torn_entry()).unwrap();
+    std::fs::write(segment(dir, 2), [0xff_u8; 300]).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,37 +209,34 @@ async fn a_torn_spool_left_by_a_crash_is_discarded_and_the_resume_refetches_from
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(p.src.clone(), stop.clone(), 200_000);
     let run = start(config.clone(), None);
-    run.wait_for("an oplog checkpoint", Duration::from_secs(60), |s| {
-        s.checkpoints
-            .iter()
-            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
-    })
-    .await?;
-    run.control.stop();
-    let seen = run.seen.clone();
-    assert!(matches!(
-        run.finish(Duration::from_secs(30)).await??,
-        Outcome::Stopped
-    ));
-    let cp = seen
-        .lock()
-        .unwrap()
-        .checkpoints
-        .iter()
-        .rev()
-        .find(|c| c.phase == Phase::OplogSync)
-        .cloned()
-        .expect("oplog checkpoint");
+    // Where the engine spools: the torn segments below go exactly there.
+    let spool = config.spool_dir.join(&config.task_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !segment(&spool, 1).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never spooled into {}",
+            spool.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cp = stop_at_an_oplog_checkpoint(run).await?;
     // The crash tore the spool; the source kept writing meanwhile.
-    tear_the_spool(&config.spool_dir);
+    tear_the_spool(&spool);
 
     // The resume starts a fresh spool from the checkpoint's source position: the torn bytes are never applied.
-    let run = start(config, Some(cp));
+    let run = start(config, Some(cp.clone()));
     run.wait_for("oplog sync", Duration::from_secs(30), |s| {
         s.phases.contains(&Phase::OplogSync)
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    applied_past(&run, &cp).await?;
+    // The engine spools in that directory: it replaced what the crash left there.
+    assert_ne!(std::fs::read(segment(&spool, 1)).ok(), Some(torn_entry()));
+    assert_ne!(
+        std::fs::read(segment(&spool, 2)).ok(),
+        Some(vec![0xff_u8; 300])
+    );
     stop.store(true, Ordering::SeqCst);
     writer.await??;
     run.control.request_complete();
@@ -232,25 +263,7 @@ async fn a_corrupted_checkpoint_fails_clearly_and_changes_nothing() -> Result<()
     seed(&p.src, 200).await?;
     let config = p.config(&["app"]);
     let run = start(config.clone(), None);
-    run.wait_for("an oplog checkpoint", Duration::from_secs(60), |s| {
-        s.checkpoints
-            .iter()
-            .any(|c| c.phase == Phase::OplogSync && c.last_applied.is_some())
-    })
-    .await?;
-    run.control.stop();
-    let seen = run.seen.clone();
-    assert!(matches!(
-        run.finish(Duration::from_secs(30)).await??,
-        Outcome::Stopped
-    ));
-    let good = seen
-        .lock()
-        .unwrap()
-        .checkpoints
-        .last()
-        .cloned()
-        .expect("checkpoint");
+    let good = stop_at_an_oplog_checkpoint(run).await?;
     let before = p
         .dst
         .database("app")

@@ -7,7 +7,8 @@
 #![allow(clippy::panic)]
 
 use bson::{Bson, Document};
-use ferry_core::{InstanceInput, Secret, TaskKind, TaskSpec, TaskSpecInput};
+use ferry_coordinator::fuzzing::{instance_input, spec_input};
+use ferry_core::TaskSpec;
 use ferry_proto::v1 as pb;
 use mongosim::diff::{docs_binary_equal, update_entry};
 use mongosim::wire::{self, Header};
@@ -127,42 +128,14 @@ pub fn store_records(data: &[u8]) {
 /// an error naming the field.
 pub fn task_spec(data: &[u8]) {
     if let Ok(req) = pb::CreateTaskRequest::decode(data) {
-        let spec = req.spec.unwrap_or_default();
-        let kind = match spec.kind() {
-            pb::TaskKind::Cvm => Some(TaskKind::Cvm),
-            pb::TaskKind::PublicNetwork => Some(TaskKind::PublicNetwork),
-            pb::TaskKind::Unspecified => None,
-        };
-        let _ = ferry_core::check_public_source_host(&spec.mongo_host);
-        let _ = ferry_core::validate_tenant("spec.tenant", &spec.tenant);
-        let _ = TaskSpec::try_from(TaskSpecInput {
-            name: spec.name,
-            region: spec.region,
-            kind,
-            cvm_id: spec.cvm_id,
-            mongo_host: spec.mongo_host,
-            port: spec.port,
-            username: spec.username,
-            password: Secret::new(spec.password),
-            destination_instance_id: spec.destination_instance_id,
-            databases: spec.databases,
-            require_verification: spec.require_verification,
-            tenant: spec.tenant,
-        });
+        if let Some(spec) = &req.spec {
+            let _ = ferry_core::check_public_source_host(&spec.mongo_host);
+            let _ = ferry_core::validate_tenant("spec.tenant", &spec.tenant);
+        }
+        let _ = TaskSpec::try_from(spec_input(req.spec));
     }
     if let Ok(req) = pb::RegisterInstanceRequest::decode(data) {
-        let i = req.instance.unwrap_or_default();
-        let _ = ferry_core::Instance::from_input(
-            InstanceInput {
-                instance_id: i.instance_id,
-                region: i.region,
-                uri: i.uri,
-                username: i.username,
-                password: Secret::new(i.password),
-                tenant: i.tenant,
-            },
-            0,
-        );
+        let _ = ferry_core::Instance::from_input(instance_input(req.instance), 0);
     }
     let _ = ferry_core::net::is_loopback_authority(&String::from_utf8_lossy(data));
 }
